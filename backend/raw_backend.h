@@ -1,0 +1,34 @@
+// Serves a raw file or block device as is.
+#pragma once
+
+#include "backend/block_backend.h"
+#include "io/file.h"
+
+#include <memory>
+
+namespace qnbd {
+
+class RawBackend final : public BlockBackend {
+ public:
+  explicit RawBackend(std::unique_ptr<io::File> file);
+
+  std::uint64_t size() const override { return size_; }
+  Capabilities capabilities() const override;
+  task<> read(std::uint64_t offset, std::span<std::byte> buf) override;
+  task<> write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;
+  task<> write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim, bool fast,
+                      bool fua) override;
+  task<> trim(std::uint64_t offset, std::uint64_t length, bool fua) override;
+  task<> flush() override;
+  task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length) override;
+  task<> cache(std::uint64_t offset, std::uint64_t length) override;
+  task<> close() override;
+
+ private:
+  task<> write_zero_buffers(std::uint64_t offset, std::uint64_t length);
+
+  std::unique_ptr<io::File> file_;
+  std::uint64_t size_;
+};
+
+}  // namespace qnbd

@@ -1,0 +1,56 @@
+// The file interface every image layer does its I/O through. Two
+// implementations: UringFile (io_uring on a real file) and MemoryFile (in
+// memory, with injectable failures for engine and crash tests).
+#pragma once
+
+#include "common/task.h"
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace qnbd::io {
+
+class File {
+ public:
+  virtual ~File() = default;
+
+  // Reads exactly buf.size() bytes; bytes past the end of the file read as
+  // zeros (a sparse qcow2 image may reference clusters beyond EOF only when
+  // it was grown by truncate, and those are zero).
+  virtual task<> readv_at(std::uint64_t offset, std::span<const iovec> iov) = 0;
+  // Writes every byte or fails; a short write is an error (ENOSPC).
+  virtual task<> writev_at(std::uint64_t offset, std::span<const iovec> iov) = 0;
+  // fdatasync: every completed write is durable when this returns.
+  virtual task<> sync() = 0;
+  virtual task<> punch_hole(std::uint64_t offset, std::uint64_t length) = 0;
+  virtual task<> zero_range(std::uint64_t offset, std::uint64_t length) = 0;
+  virtual task<> allocate(std::uint64_t offset, std::uint64_t length) = 0;
+  virtual result<> truncate(std::uint64_t size) = 0;
+  virtual result<std::uint64_t> size() const = 0;
+  // SEEK_DATA / SEEK_HOLE semantics; files that cannot tell report all data.
+  virtual result<std::uint64_t> seek_data(std::uint64_t offset) const = 0;
+  virtual result<std::uint64_t> seek_hole(std::uint64_t offset) const = 0;
+  virtual bool read_only() const = 0;
+
+  // Coroutines (not plain wrappers) so the iovec lives in the frame for the
+  // whole operation.
+  task<> read_at(std::uint64_t offset, std::span<std::byte> buf) {
+    const iovec v{buf.data(), buf.size()};
+    co_return co_await readv_at(offset, std::span<const iovec>(&v, 1));
+  }
+  task<> write_at(std::uint64_t offset, std::span<const std::byte> buf) {
+    const iovec v{const_cast<std::byte*>(buf.data()), buf.size()};
+    co_return co_await writev_at(offset, std::span<const iovec>(&v, 1));
+  }
+};
+
+inline std::size_t iov_bytes(std::span<const iovec> iov) {
+  std::size_t n = 0;
+  for (const auto& v : iov) n += v.iov_len;
+  return n;
+}
+
+}  // namespace qnbd::io

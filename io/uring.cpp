@@ -1,0 +1,83 @@
+#include "io/uring.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/post.hpp>
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace qnbd::io {
+
+Ring::Ring(boost::asio::io_context& ctx, unsigned entries) : ctx_(ctx) {
+  int r = io_uring_queue_init(entries, &ring_, 0);
+  if (r < 0) {
+    spdlog::warn("io_uring unavailable ({}); using blocking file I/O", std::strerror(-r));
+    return;
+  }
+  efd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (efd_ < 0 || io_uring_register_eventfd(&ring_, efd_) < 0) {
+    spdlog::warn("io_uring eventfd registration failed; using blocking file I/O");
+    if (efd_ >= 0) ::close(efd_);
+    io_uring_queue_exit(&ring_);
+    return;
+  }
+  watcher_ = std::make_unique<boost::asio::posix::stream_descriptor>(ctx_, efd_);
+  ok_ = true;
+  arm();
+}
+
+Ring::~Ring() {
+  if (!ok_) return;
+  watcher_.reset();  // closes efd_
+  io_uring_queue_exit(&ring_);
+}
+
+void Ring::enqueue(OpBase* op, const std::function<void(io_uring_sqe*)>& prep) {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (!sqe) {  // submission queue full: flush what is queued and retry
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  if (!sqe) {
+    op->complete(op, -EAGAIN);
+    return;
+  }
+  prep(sqe);
+  io_uring_sqe_set_data(sqe, op);
+  schedule_submit();
+}
+
+void Ring::schedule_submit() {
+  if (submit_pending_) return;
+  submit_pending_ = true;
+  boost::asio::post(ctx_, [this] {
+    submit_pending_ = false;
+    io_uring_submit(&ring_);
+  });
+}
+
+void Ring::arm() {
+  watcher_->async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                       [this](const boost::system::error_code& ec) {
+                         if (ec) return;  // ring is being destroyed
+                         std::uint64_t n;
+                         [[maybe_unused]] auto r = ::read(efd_, &n, sizeof n);
+                         reap();
+                         arm();
+                       });
+}
+
+void Ring::reap() {
+  io_uring_cqe* cqe = nullptr;
+  while (io_uring_peek_cqe(&ring_, &cqe) == 0 && cqe) {
+    auto* op = static_cast<OpBase*>(io_uring_cqe_get_data(cqe));
+    int res = cqe->res;
+    io_uring_cqe_seen(&ring_, cqe);
+    if (op) op->complete(op, res);
+  }
+}
+
+}  // namespace qnbd::io

@@ -1,0 +1,75 @@
+// One io_uring per event loop, driven by the Asio io_context: operations are
+// prepared as they are requested and submitted together once per loop turn
+// (one io_uring_enter for many requests); completions arrive through an
+// eventfd the io_context watches.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/dispatch.hpp>
+
+#include <liburing.h>
+
+#include <functional>
+#include <memory>
+#include <utility>
+
+namespace qnbd::io {
+
+class Ring {
+ public:
+  explicit Ring(boost::asio::io_context& ctx, unsigned entries = 256);
+  ~Ring();
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+
+  // False when the kernel refused io_uring; callers then use plain syscalls.
+  bool available() const { return ok_; }
+
+  // Runs one operation; `prep` fills the SQE. Completes with the CQE result
+  // (negative errno on failure).
+  template <class Prep>
+  boost::asio::awaitable<int> run(Prep prep) {
+    return boost::asio::async_initiate<const boost::asio::use_awaitable_t<>, void(int)>(
+        [this, prep = std::move(prep)](auto handler) mutable {
+          using H = decltype(handler);
+          auto* op = new Op<H>(std::move(handler));
+          enqueue(op, [&prep](io_uring_sqe* sqe) { prep(sqe); });
+        },
+        boost::asio::use_awaitable);
+  }
+
+ private:
+  struct OpBase {
+    void (*complete)(OpBase*, int) = nullptr;
+  };
+  template <class H>
+  struct Op : OpBase {
+    explicit Op(H&& h) : handler(std::move(h)) { complete = &Op::done; }
+    H handler;
+    static void done(OpBase* base, int res) {
+      auto* self = static_cast<Op*>(base);
+      H h = std::move(self->handler);
+      delete self;
+      auto ex = boost::asio::get_associated_executor(h);
+      boost::asio::dispatch(ex, [h = std::move(h), res]() mutable { std::move(h)(res); });
+    }
+  };
+
+  void enqueue(OpBase* op, const std::function<void(io_uring_sqe*)>& prep);
+  void schedule_submit();
+  void arm();
+  void reap();
+
+  boost::asio::io_context& ctx_;
+  io_uring ring_{};
+  bool ok_ = false;
+  bool submit_pending_ = false;
+  int efd_ = -1;
+  std::unique_ptr<boost::asio::posix::stream_descriptor> watcher_;
+};
+
+}  // namespace qnbd::io

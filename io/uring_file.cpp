@@ -1,0 +1,161 @@
+#include "io/uring_file.h"
+
+#include <boost/container/small_vector.hpp>
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace qnbd::io {
+namespace {
+
+constexpr unsigned kMaxIov = IOV_MAX;
+
+// Drops the first `n` bytes from an iovec array in place.
+void consume(boost::container::small_vector<iovec, 8>& v, std::size_t n) {
+  std::size_t i = 0;
+  while (i < v.size() && n >= v[i].iov_len) n -= v[i++].iov_len;
+  v.erase(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i));
+  if (!v.empty() && n) {
+    v[0].iov_base = static_cast<char*>(v[0].iov_base) + n;
+    v[0].iov_len -= n;
+  }
+}
+
+}  // namespace
+
+result<std::unique_ptr<UringFile>> UringFile::open(Ring& ring, const std::string& path,
+                                                   OpenOptions opts) {
+  int flags = O_CLOEXEC | (opts.read_only ? O_RDONLY : O_RDWR);
+  if (opts.create) flags |= O_CREAT;
+  if (opts.direct) flags |= O_DIRECT;
+  int fd = ::open(path.c_str(), flags, 0644);
+  if (fd < 0) return last_errno();
+  return std::unique_ptr<UringFile>(new UringFile(ring, fd, opts.read_only, opts.direct));
+}
+
+UringFile::~UringFile() { ::close(fd_); }
+
+boost::asio::awaitable<int> UringFile::rw(bool write, std::uint64_t offset, const iovec* iov,
+                                          unsigned n) {
+  if (!ring_.available()) {
+    ssize_t r = write ? ::pwritev(fd_, iov, static_cast<int>(n), static_cast<off_t>(offset))
+                      : ::preadv(fd_, iov, static_cast<int>(n), static_cast<off_t>(offset));
+    co_return r < 0 ? -errno : static_cast<int>(r);
+  }
+  int fd = fd_;
+  co_return co_await ring_.run([=](io_uring_sqe* sqe) {
+    if (write)
+      io_uring_prep_writev(sqe, fd, iov, n, offset);
+    else
+      io_uring_prep_readv(sqe, fd, iov, n, offset);
+  });
+}
+
+task<> UringFile::readv_at(std::uint64_t offset, std::span<const iovec> iov) {
+  boost::container::small_vector<iovec, 8> left(iov.begin(), iov.end());
+  while (!left.empty()) {
+    unsigned n = static_cast<unsigned>(std::min<std::size_t>(left.size(), kMaxIov));
+    int r = co_await rw(false, offset, left.data(), n);
+    if (r == -EINTR || r == -EAGAIN) continue;
+    if (r < 0) co_return errno_error(-r);
+    if (r == 0) {  // end of file: the rest reads as zeros
+      for (auto& v : left) std::memset(v.iov_base, 0, v.iov_len);
+      break;
+    }
+    consume(left, static_cast<std::size_t>(r));
+    offset += static_cast<std::uint64_t>(r);
+  }
+  co_return result<>{};
+}
+
+task<> UringFile::writev_at(std::uint64_t offset, std::span<const iovec> iov) {
+  if (read_only_) co_return make_error_code(errc::read_only);
+  boost::container::small_vector<iovec, 8> left(iov.begin(), iov.end());
+  while (!left.empty()) {
+    unsigned n = static_cast<unsigned>(std::min<std::size_t>(left.size(), kMaxIov));
+    int r = co_await rw(true, offset, left.data(), n);
+    if (r == -EINTR || r == -EAGAIN) continue;
+    if (r < 0) co_return errno_error(-r);
+    if (r == 0) co_return errno_error(ENOSPC);
+    consume(left, static_cast<std::size_t>(r));
+    offset += static_cast<std::uint64_t>(r);
+  }
+  co_return result<>{};
+}
+
+task<> UringFile::sync() {
+  if (!ring_.available()) {
+    if (::fdatasync(fd_) < 0) co_return last_errno();
+    co_return result<>{};
+  }
+  int fd = fd_;
+  int r = co_await ring_.run(
+      [=](io_uring_sqe* sqe) { io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC); });
+  if (r < 0) co_return errno_error(-r);
+  co_return result<>{};
+}
+
+task<> UringFile::fallocate(int mode, std::uint64_t offset, std::uint64_t length) {
+  if (read_only_) co_return make_error_code(errc::read_only);
+  if (length == 0) co_return result<>{};
+  int r;
+  if (!ring_.available()) {
+    r = ::fallocate(fd_, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) < 0
+            ? -errno
+            : 0;
+  } else {
+    int fd = fd_;
+    r = co_await ring_.run(
+        [=](io_uring_sqe* sqe) { io_uring_prep_fallocate(sqe, fd, mode, offset, length); });
+  }
+  if (r < 0) co_return errno_error(-r);
+  co_return result<>{};
+}
+
+task<> UringFile::punch_hole(std::uint64_t offset, std::uint64_t length) {
+  return fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+task<> UringFile::zero_range(std::uint64_t offset, std::uint64_t length) {
+  return fallocate(FALLOC_FL_ZERO_RANGE, offset, length);
+}
+
+task<> UringFile::allocate(std::uint64_t offset, std::uint64_t length) {
+  return fallocate(0, offset, length);
+}
+
+result<> UringFile::truncate(std::uint64_t size) {
+  if (read_only_) return make_error_code(errc::read_only);
+  if (::ftruncate(fd_, static_cast<off_t>(size)) < 0) return last_errno();
+  return {};
+}
+
+result<std::uint64_t> UringFile::size() const {
+  struct stat st;
+  if (::fstat(fd_, &st) < 0) return last_errno();
+  if (S_ISBLK(st.st_mode)) {
+    off_t end = ::lseek(fd_, 0, SEEK_END);
+    if (end < 0) return last_errno();
+    return static_cast<std::uint64_t>(end);
+  }
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+result<std::uint64_t> UringFile::seek_data(std::uint64_t offset) const {
+  off_t r = ::lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
+  if (r < 0) return last_errno();
+  return static_cast<std::uint64_t>(r);
+}
+
+result<std::uint64_t> UringFile::seek_hole(std::uint64_t offset) const {
+  off_t r = ::lseek(fd_, static_cast<off_t>(offset), SEEK_HOLE);
+  if (r < 0) return last_errno();
+  return static_cast<std::uint64_t>(r);
+}
+
+}  // namespace qnbd::io

@@ -1,0 +1,52 @@
+// A real file accessed through the event loop's io_uring (or blocking
+// syscalls when io_uring is unavailable).
+#pragma once
+
+#include "io/file.h"
+#include "io/uring.h"
+
+#include <memory>
+#include <string>
+
+namespace qnbd::io {
+
+struct OpenOptions {
+  bool read_only = false;
+  bool direct = false;  // O_DIRECT (--cache none)
+  bool create = false;
+};
+
+class UringFile final : public File {
+ public:
+  static result<std::unique_ptr<UringFile>> open(Ring& ring, const std::string& path,
+                                                 OpenOptions opts);
+  ~UringFile() override;
+
+  task<> readv_at(std::uint64_t offset, std::span<const iovec> iov) override;
+  task<> writev_at(std::uint64_t offset, std::span<const iovec> iov) override;
+  task<> sync() override;
+  task<> punch_hole(std::uint64_t offset, std::uint64_t length) override;
+  task<> zero_range(std::uint64_t offset, std::uint64_t length) override;
+  task<> allocate(std::uint64_t offset, std::uint64_t length) override;
+  result<> truncate(std::uint64_t size) override;
+  result<std::uint64_t> size() const override;
+  result<std::uint64_t> seek_data(std::uint64_t offset) const override;
+  result<std::uint64_t> seek_hole(std::uint64_t offset) const override;
+  bool read_only() const override { return read_only_; }
+  int fd() const { return fd_; }
+  bool direct() const { return direct_; }
+
+ private:
+  UringFile(Ring& ring, int fd, bool ro, bool direct)
+      : ring_(ring), fd_(fd), read_only_(ro), direct_(direct) {}
+  task<> fallocate(int mode, std::uint64_t offset, std::uint64_t length);
+  boost::asio::awaitable<int> rw(bool write, std::uint64_t offset, const iovec* iov,
+                                 unsigned n);
+
+  Ring& ring_;
+  int fd_;
+  bool read_only_;
+  bool direct_;
+};
+
+}  // namespace qnbd::io
