@@ -1,0 +1,28 @@
+// Fixed newstyle negotiation, one small function per option. Runs until the
+// client picks an export (GO / EXPORT_NAME) or ends the conversation.
+#pragma once
+
+#include "server/connection.h"
+#include "server/export_registry.h"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <optional>
+
+namespace qnbd::server {
+
+struct Negotiated {
+  Export* exp = nullptr;
+  bool structured = false;
+  bool base_allocation = false;
+};
+
+// Transmission flags for an export, advertised truthfully from its capabilities.
+std::uint16_t transmission_flags(const Export& e);
+
+// nullopt: the client aborted, disconnected or violated the protocol; the
+// caller closes the connection.
+boost::asio::awaitable<std::optional<Negotiated>> negotiate(Connection& conn,
+                                                            ExportRegistry& exports);
+
+}  // namespace qnbd::server

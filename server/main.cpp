@@ -1,0 +1,106 @@
+// qnbd: serve qcow2 and raw images over NBD.
+#include "backend/open_image.h"
+#include "config/config.h"
+#include "io/uring.h"
+#include "server/cli.h"
+#include "server/daemon.h"
+#include "server/server.h"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <cstdio>
+#include <exception>
+
+namespace {
+
+using namespace qnbd;
+
+spdlog::level::level_enum to_spdlog(config::LogLevel l) {
+  switch (l) {
+    case config::LogLevel::trace: return spdlog::level::trace;
+    case config::LogLevel::debug: return spdlog::level::debug;
+    case config::LogLevel::info: return spdlog::level::info;
+    case config::LogLevel::warn: return spdlog::level::warn;
+    case config::LogLevel::error: return spdlog::level::err;
+  }
+  return spdlog::level::info;
+}
+
+void setup_logging(config::LogLevel level) {
+  auto logger = spdlog::stderr_color_mt("qnbd");
+  logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] %v");
+  logger->set_level(to_spdlog(level));
+  spdlog::set_default_logger(logger);
+}
+
+boost::asio::awaitable<void> open_exports(io::Ring& ring, const config::Config& cfg,
+                                          server::ExportRegistry& exports) {
+  for (const auto& e : cfg.exports) {
+    auto backend = co_await open_image(ring, e);
+    auto& x = exports.add(e.name, e.description, std::move(backend));
+    spdlog::info("export '{}': {} ({} bytes{})", x.name, e.path, x.size,
+                 x.caps.read_only ? ", read-only" : "");
+  }
+}
+
+// Runs `aw` to completion on ctx; rethrows its exception (start-up errors).
+void run_sync(boost::asio::io_context& ctx, boost::asio::awaitable<void> aw) {
+  std::exception_ptr failure;
+  bool done = false;
+  boost::asio::co_spawn(ctx, std::move(aw), [&](std::exception_ptr e) {
+    failure = e;
+    done = true;
+  });
+  while (!done && ctx.run_one() > 0) {
+  }
+  if (failure) std::rethrow_exception(failure);
+}
+
+int serve(const config::Config& cfg) {
+  if (cfg.fork) server::daemon::fork_and_wait_for_ready();
+  std::signal(SIGPIPE, SIG_IGN);
+  boost::asio::io_context ctx(1);
+  io::Ring ring(ctx);
+  server::ExportRegistry exports;
+  run_sync(ctx, open_exports(ring, cfg, exports));
+
+  server::Server srv(ctx, cfg, exports, server::open_listeners(ctx, cfg.listen));
+  srv.start();
+  if (cfg.pid_file) server::daemon::write_pid_file(*cfg.pid_file);
+  const auto where = fmt::format("{}", fmt::join(srv.listeners().descriptions, ", "));
+  spdlog::info("qnbd {} serving {} export(s) on {}", QNBD_VERSION, cfg.exports.size(), where);
+  server::daemon::ready("serving on " + where);
+
+  boost::asio::signal_set signals(ctx, SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+    if (ec) return;
+    spdlog::info("signal {} received", sig);
+    server::daemon::notify_stopping();
+    boost::asio::co_spawn(ctx, srv.shutdown(), [&](std::exception_ptr) { ctx.stop(); });
+  });
+  ctx.run();
+  if (cfg.pid_file) std::remove(cfg.pid_file->c_str());
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    config::Config cfg = server::parse_command_line(argc, argv);
+    setup_logging(cfg.log_level);
+    return serve(cfg);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qnbd: %s\n", e.what());
+    return 1;
+  }
+}

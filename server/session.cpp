@@ -1,0 +1,164 @@
+#include "server/session.h"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <spdlog/spdlog.h>
+
+namespace qnbd::server {
+
+using boost::asio::awaitable;
+using namespace nbd;
+
+Session::Session(Connection conn, Negotiated neg, SessionLimits limits)
+    : conn_(std::move(conn)), neg_(neg), limits_(limits), wake_(conn_.socket().get_executor()) {
+  const Export& e = *neg_.exp;
+  lim_.size = e.size;
+  lim_.read_only = e.caps.read_only;
+  lim_.structured = neg_.structured;
+  lim_.base_allocation = neg_.base_allocation;
+  lim_.can_trim = e.caps.trim;
+  lim_.can_zero = e.caps.write_zeroes;
+  lim_.can_cache = e.caps.cache;
+  lim_.can_fast_zero = e.caps.fast_zero;
+  lim_.min_block = e.caps.min_block;
+}
+
+awaitable<void> Session::wait_until(auto pred) {
+  while (!pred()) {
+    wake_.expires_at(boost::asio::steady_timer::time_point::max());
+    co_await wake_.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+  }
+}
+
+void Session::release(std::size_t budget) {
+  --inflight_;
+  inflight_bytes_ -= budget;
+  wake_.cancel();
+}
+
+awaitable<void> Session::run() {
+  auto self = shared_from_this();
+  auto ex = co_await boost::asio::this_coro::executor;
+  spdlog::debug("{}: serving export '{}'", peer(), neg_.exp->name);
+  for (;;) {
+    std::array<std::byte, kRequestSize> raw;
+    if (co_await conn_.read_exact(raw)) break;  // client gone or stop()
+    auto req = decode_request(raw);
+    if (!req) {
+      spdlog::warn("{}: bad request magic, closing connection", peer());
+      break;
+    }
+    if (req->type == NBD_CMD_WRITE && req->length > kMaxPayload) {
+      spdlog::warn("{}: write of {} bytes exceeds the maximum payload, closing", peer(),
+                   req->length);
+      break;
+    }
+    if (req->type == NBD_CMD_DISC) break;
+    const std::size_t budget =
+        (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_READ)
+            ? std::min<std::size_t>(req->length, kMaxPayload)
+            : 0;
+    co_await wait_until([&] {
+      return broken_ || (inflight_ < limits_.max_requests &&
+                         (inflight_bytes_ == 0 || inflight_bytes_ + budget <= limits_.max_bytes));
+    });
+    if (broken_) break;
+    ++inflight_;
+    inflight_bytes_ += budget;
+    std::vector<std::byte> payload;
+    if (req->type == NBD_CMD_WRITE) {
+      payload.resize(req->length);
+      if (co_await conn_.read_exact(payload)) {
+        spdlog::info("{}: truncated write payload, closing", peer());
+        release(budget);
+        break;
+      }
+    }
+    boost::asio::co_spawn(ex, handle(self, *req, std::move(payload), budget),
+                          boost::asio::detached);
+  }
+  co_await wait_until([&] { return inflight_ == 0; });
+  conn_.close();
+  spdlog::debug("{}: connection closed", peer());
+}
+
+awaitable<void> Session::handle(std::shared_ptr<Session>, Request req,
+                                std::vector<std::byte> payload, std::size_t budget) {
+  Reply r;
+  if (std::uint32_t err = validate_request(req, lim_)) {
+    r = error_reply(req, err);
+  } else {
+    r = co_await execute(req, payload);
+  }
+  r.budget = budget;
+  send(std::move(r));
+}
+
+Session::Reply Session::simple(const Request& req, std::uint32_t error) const {
+  Reply r;
+  encode_simple_reply(std::span<std::byte, kSimpleReplySize>(r.head.data(), kSimpleReplySize),
+                      error, req.cookie);
+  r.head_len = kSimpleReplySize;
+  return r;
+}
+
+// READ with structured replies must fail with an error chunk; every other
+// reply may be simple.
+Session::Reply Session::error_reply(const Request& req, std::uint32_t error) const {
+  if (!(lim_.structured && req.type == NBD_CMD_READ)) return simple(req, error);
+  Reply r;
+  encode_chunk_header(std::span<std::byte, kChunkHeaderSize>(r.head.data(), kChunkHeaderSize),
+                      NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, req.cookie, 6);
+  put32(r.head.data() + kChunkHeaderSize, error);
+  put16(r.head.data() + kChunkHeaderSize + 4, 0);
+  r.head_len = kChunkHeaderSize + 6;
+  return r;
+}
+
+void Session::send(Reply r) {
+  if (broken_) {
+    release(r.budget);
+    return;
+  }
+  queue_.push_back(std::move(r));
+  if (!writing_) {
+    writing_ = true;
+    boost::asio::co_spawn(conn_.socket().get_executor(), write_replies(shared_from_this()),
+                          boost::asio::detached);
+  }
+}
+
+awaitable<void> Session::write_replies(std::shared_ptr<Session>) {
+  constexpr std::size_t kBatch = 64;
+  std::vector<Reply> batch;
+  std::vector<boost::asio::const_buffer> bufs;
+  while (!queue_.empty() && !broken_) {
+    batch.clear();
+    bufs.clear();
+    while (!queue_.empty() && batch.size() < kBatch) {
+      batch.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    for (const auto& r : batch) {
+      bufs.push_back(boost::asio::buffer(r.head.data(), r.head_len));
+      if (!r.body.empty()) bufs.push_back(boost::asio::buffer(r.body));
+    }
+    if (auto ec = co_await conn_.write_all(bufs)) {
+      spdlog::info("{}: send failed ({}), closing", peer(), ec.message());
+      broken_ = true;
+      conn_.close();
+    }
+    for (const auto& r : batch) release(r.budget);
+  }
+  while (!queue_.empty()) {
+    release(queue_.front().budget);
+    queue_.pop_front();
+  }
+  writing_ = false;
+}
+
+}  // namespace qnbd::server

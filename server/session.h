@@ -1,0 +1,77 @@
+// Transmission phase of one connection: a receive loop that validates each
+// request once and spawns one coroutine per request (bounded in count and
+// bytes in flight), and a single reply writer that gathers finished replies
+// into few sends and never interleaves one mid-payload.
+//
+// Error tiers (as in qemu's nbd/server.c): a failure of the connection (bad
+// magic, truncated payload, oversized write, send error) closes this
+// connection only; a failure of an operation becomes an NBD error reply.
+#pragma once
+
+#include "server/connection.h"
+#include "server/handshake.h"
+#include "server/protocol.h"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <array>
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <vector>
+
+namespace qnbd::server {
+
+struct SessionLimits {
+  std::size_t max_requests = 128;        // in flight per connection
+  std::size_t max_bytes = 64u << 20;     // payload bytes in flight per connection
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(Connection conn, Negotiated neg, SessionLimits limits);
+
+  // Serves until the client disconnects or stop() is called, then waits for
+  // every request in flight to be answered.
+  boost::asio::awaitable<void> run();
+  // Stop taking requests; those in flight still get their replies.
+  void stop() { conn_.shutdown_receive(); }
+  const std::string& peer() const { return conn_.peer(); }
+
+ private:
+  struct Reply {
+    std::array<std::byte, nbd::kChunkHeaderSize + 12> head{};
+    std::size_t head_len = 0;
+    std::vector<std::byte> body;
+    std::size_t budget = 0;
+  };
+
+  boost::asio::awaitable<void> handle(std::shared_ptr<Session> self, nbd::Request req,
+                                      std::vector<std::byte> payload, std::size_t budget);
+  boost::asio::awaitable<Reply> execute(const nbd::Request& req, std::vector<std::byte>& payload);
+  boost::asio::awaitable<Reply> cmd_read(const nbd::Request& req);
+  boost::asio::awaitable<Reply> cmd_block_status(const nbd::Request& req);
+  boost::asio::awaitable<result<>> cmd_write_zeroes(const nbd::Request& req);
+
+  Reply simple(const nbd::Request& req, std::uint32_t error) const;
+  Reply error_reply(const nbd::Request& req, std::uint32_t error) const;
+
+  void send(Reply r);
+  boost::asio::awaitable<void> write_replies(std::shared_ptr<Session> self);
+  boost::asio::awaitable<void> wait_until(auto pred);
+  void release(std::size_t budget);
+
+  Connection conn_;
+  Negotiated neg_;
+  nbd::ExportLimits lim_;
+  SessionLimits limits_;
+  std::size_t inflight_ = 0;
+  std::size_t inflight_bytes_ = 0;
+  boost::asio::steady_timer wake_;
+  std::deque<Reply> queue_;
+  bool writing_ = false;
+  bool broken_ = false;
+};
+
+}  // namespace qnbd::server

@@ -1,0 +1,108 @@
+// One function per NBD command, each turning a validated request into
+// backend calls and a reply (nbdkit server/backend.c style).
+#include "server/session.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace qnbd::server {
+
+using boost::asio::awaitable;
+using namespace nbd;
+
+namespace {
+
+std::uint32_t wire_error(const error_code& ec) { return errno_to_nbd(to_errno(ec)); }
+
+}  // namespace
+
+awaitable<Session::Reply> Session::execute(const Request& req, std::vector<std::byte>& payload) {
+  BlockBackend& be = *neg_.exp->backend;
+  const bool fua = req.flags & NBD_CMD_FLAG_FUA;
+  result<> r;
+  switch (req.type) {
+    case NBD_CMD_READ: co_return co_await cmd_read(req);
+    case NBD_CMD_BLOCK_STATUS: co_return co_await cmd_block_status(req);
+    case NBD_CMD_WRITE: r = co_await be.write(req.offset, payload, fua); break;
+    case NBD_CMD_FLUSH: r = co_await be.flush(); break;
+    case NBD_CMD_TRIM: r = co_await be.trim(req.offset, req.length, fua); break;
+    case NBD_CMD_WRITE_ZEROES: r = co_await cmd_write_zeroes(req); break;
+    case NBD_CMD_CACHE: r = co_await be.cache(req.offset, req.length); break;
+    default: co_return simple(req, NBD_EINVAL);
+  }
+  if (!r) {
+    spdlog::debug("{}: {} at {} (+{}) failed: {}", peer(), command_name(req.type), req.offset,
+                  req.length, r.error().message());
+    co_return simple(req, wire_error(r.error()));
+  }
+  co_return simple(req, 0);
+}
+
+awaitable<result<>> Session::cmd_write_zeroes(const Request& req) {
+  const bool fua = req.flags & NBD_CMD_FLAG_FUA;
+  const bool may_trim = !(req.flags & NBD_CMD_FLAG_NO_HOLE);
+  const bool fast = req.flags & NBD_CMD_FLAG_FAST_ZERO;
+  co_return co_await neg_.exp->backend->write_zeroes(req.offset, req.length, may_trim, fast, fua);
+}
+
+awaitable<Session::Reply> Session::cmd_read(const Request& req) {
+  Reply out;
+  out.body.resize(req.length);
+  if (req.length) {
+    auto r = co_await neg_.exp->backend->read(req.offset, out.body);
+    if (!r) {
+      spdlog::debug("{}: READ at {} (+{}) failed: {}", peer(), req.offset, req.length,
+                    r.error().message());
+      co_return error_reply(req, wire_error(r.error()));
+    }
+  }
+  if (!lim_.structured) {
+    encode_simple_reply(std::span<std::byte, kSimpleReplySize>(out.head.data(), kSimpleReplySize),
+                        0, req.cookie);
+    out.head_len = kSimpleReplySize;
+    co_return out;
+  }
+  auto head = std::span<std::byte, kChunkHeaderSize>(out.head.data(), kChunkHeaderSize);
+  if (req.length == 0) {
+    encode_chunk_header(head, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, req.cookie, 0);
+    out.head_len = kChunkHeaderSize;
+    co_return out;
+  }
+  // One data chunk: always valid with DF, and the client reassembles nothing.
+  encode_chunk_header(head, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, req.cookie,
+                      8 + req.length);
+  put64(out.head.data() + kChunkHeaderSize, req.offset);
+  out.head_len = kChunkHeaderSize + 8;
+  co_return out;
+}
+
+awaitable<Session::Reply> Session::cmd_block_status(const Request& req) {
+  if (req.length == 0) co_return simple(req, NBD_EINVAL);
+  auto extents = co_await neg_.exp->backend->block_status(req.offset, req.length);
+  if (!extents) co_return simple(req, wire_error(extents.error()));
+  if (extents->empty()) co_return simple(req, NBD_EIO);
+  const bool one = req.flags & NBD_CMD_FLAG_REQ_ONE;
+  Reply out;
+  std::uint64_t covered = 0;
+  for (const auto& e : *extents) {
+    if (covered >= req.length || e.length == 0) break;
+    std::uint64_t len = std::min<std::uint64_t>(e.length, req.length - covered);
+    std::uint32_t flags = (e.hole ? NBD_STATE_HOLE : 0) | (e.zero ? NBD_STATE_ZERO : 0);
+    std::size_t at = out.body.size();
+    out.body.resize(at + 8);
+    put32(out.body.data() + at, static_cast<std::uint32_t>(len));
+    put32(out.body.data() + at + 4, flags);
+    covered += len;
+    if (one) break;
+  }
+  if (out.body.empty()) co_return simple(req, NBD_EIO);
+  auto head = std::span<std::byte, kChunkHeaderSize>(out.head.data(), kChunkHeaderSize);
+  encode_chunk_header(head, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, req.cookie,
+                      static_cast<std::uint32_t>(4 + out.body.size()));
+  put32(out.head.data() + kChunkHeaderSize, kBaseAllocationId);
+  out.head_len = kChunkHeaderSize + 4;
+  co_return out;
+}
+
+}  // namespace qnbd::server
