@@ -1,0 +1,151 @@
+"""A deliberately small raw-socket NBD client, so tests can send what no real
+client would: garbage, lies about lengths, unknown commands, bad magic."""
+import socket
+import struct
+
+NBDMAGIC = 0x4E42444D41474943
+IHAVEOPT = 0x49484156454F5054
+OPT_REPLY_MAGIC = 0x3E889045565A9
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+
+FLAG_FIXED_NEWSTYLE = 1
+FLAG_NO_ZEROES = 2
+
+OPT_EXPORT_NAME = 1
+OPT_ABORT = 2
+OPT_LIST = 3
+OPT_INFO = 6
+OPT_GO = 7
+
+REP_ACK = 1
+REP_SERVER = 2
+REP_INFO = 3
+REP_ERR_UNSUP = 0x80000001
+REP_ERR_INVALID = 0x80000003
+REP_ERR_UNKNOWN = 0x80000006
+REP_ERR_TOO_BIG = 0x80000009
+
+INFO_EXPORT = 0
+
+CMD_READ = 0
+CMD_WRITE = 1
+CMD_DISC = 2
+CMD_FLUSH = 3
+CMD_TRIM = 4
+CMD_CACHE = 5
+CMD_WRITE_ZEROES = 6
+CMD_BLOCK_STATUS = 7
+
+CMD_FLAG_FUA = 1 << 0
+CMD_FLAG_NO_HOLE = 1 << 1
+CMD_FLAG_DF = 1 << 2
+CMD_FLAG_REQ_ONE = 1 << 3
+
+EPERM, EIO, EINVAL, ENOSPC, EOVERFLOW = 1, 5, 22, 28, 75
+
+
+class Closed(Exception):
+    """The server closed the connection."""
+
+
+class Conn:
+    def __init__(self, sock):
+        self.sock = sock
+        self.tflags = None
+        self.size = None
+
+    @classmethod
+    def unix(cls, path, timeout=10):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(path)
+        return cls(s)
+
+    def close(self):
+        self.sock.close()
+
+    def reset(self):
+        """Close with an RST rather than a FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def recv_exact(self, n):
+        buf = bytearray()
+        while len(buf) < n:
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                raise Closed(f"closed after {len(buf)} of {n} bytes")
+            buf += chunk
+        return bytes(buf)
+
+    def is_closed_by_server(self):
+        """True once the server has closed: reads to EOF (discarding data). Times out if not."""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    # -- handshake --
+    def greeting(self):
+        magic, opt, hsflags = struct.unpack(">QQH", self.recv_exact(18))
+        assert magic == NBDMAGIC and opt == IHAVEOPT, (hex(magic), hex(opt))
+        assert hsflags & FLAG_FIXED_NEWSTYLE, hsflags
+        return hsflags
+
+    def client_flags(self, flags=FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES):
+        self.send(struct.pack(">I", flags))
+
+    def option(self, opt, data=b"", length=None):
+        length = len(data) if length is None else length
+        self.send(struct.pack(">QII", IHAVEOPT, opt, length) + data)
+
+    def option_reply(self):
+        magic, opt, rtype, length = struct.unpack(">QIII", self.recv_exact(20))
+        assert magic == OPT_REPLY_MAGIC, hex(magic)
+        return opt, rtype, self.recv_exact(length)
+
+    def go(self, name, opt=OPT_GO):
+        """INFO/GO; returns the final reply type (REP_ACK on success)."""
+        raw = name.encode() if isinstance(name, str) else name
+        self.option(opt, struct.pack(">I", len(raw)) + raw + struct.pack(">H", 0))
+        while True:
+            _, rtype, data = self.option_reply()
+            if rtype == REP_INFO and struct.unpack(">H", data[:2])[0] == INFO_EXPORT:
+                self.size, self.tflags = struct.unpack(">QH", data[2:12])
+            elif rtype != REP_INFO:
+                return rtype
+
+    def handshake(self, name=""):
+        self.greeting()
+        self.client_flags()
+        rtype = self.go(name)
+        assert rtype == REP_ACK, hex(rtype)
+        return self
+
+    # -- transmission (simple replies: no structured reply negotiated) --
+    def request(self, cmd, offset, length, flags=0, cookie=1, payload=b"", magic=REQUEST_MAGIC):
+        self.send(struct.pack(">IHHQQI", magic, flags, cmd, cookie, offset, length) + payload)
+
+    def reply(self, read_length=0):
+        magic, error, cookie = struct.unpack(">IIQ", self.recv_exact(16))
+        assert magic == SIMPLE_REPLY_MAGIC, hex(magic)
+        data = self.recv_exact(read_length) if error == 0 and read_length else b""
+        return error, cookie, data
+
+    def read(self, offset, length, cookie=7):
+        self.request(CMD_READ, offset, length, cookie=cookie)
+        error, got_cookie, data = self.reply(length)
+        assert got_cookie == cookie, (got_cookie, cookie)
+        return error, data
