@@ -20,8 +20,9 @@ Connection::Connection(Socket socket, std::string peer)
     : socket_(std::move(socket)), peer_(std::move(peer)), buf_(kReceiveBuffer) {}
 
 boost::asio::awaitable<error_code> Connection::read_exact(std::span<std::byte> out) {
+  if (out.empty()) co_return error_code{};
   std::size_t got = std::min(out.size(), end_ - begin_);
-  std::memcpy(out.data(), buf_.data() + begin_, got);
+  if (got) std::memcpy(out.data(), buf_.data() + begin_, got);
   begin_ += got;
   out = out.subspan(got);
   if (out.empty()) co_return error_code{};

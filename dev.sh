@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# qnbd developer entry point.
+#   ./dev.sh serve   install dependencies, build (release), serve var/default.qcow2
+#                    at nbd://127.0.0.1:10809/ until Ctrl-C
+#   ./dev.sh test    install dependencies, build (release and ASan+UBSan), run every
+#                    test in both builds; the last line is "N passed, N failed"
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+PACKAGES=(
+  build-essential pkg-config meson ninja-build
+  libboost1.81-dev libyaml-cpp-dev libspdlog-dev libfmt-dev doctest-dev
+  liburing-dev zlib1g-dev libzstd-dev libnbd-dev
+  # real peers the tests talk to
+  qemu-utils libnbd-bin python3-libnbd nbdkit fio systemd
+)
+
+install_deps() {
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "installing: ${missing[*]}" >&2
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# build DIR [meson options...]
+build() {
+  local dir=$1
+  shift
+  [ -f "$dir/build.ninja" ] || meson setup "$dir" "$@" >/dev/null
+  ninja -C "$dir" >/dev/null || ninja -C "$dir"
+}
+
+serve() {
+  install_deps
+  build build-release --buildtype=release
+  mkdir -p var
+  [ -f var/default.qcow2 ] || build-release/tools/qnbd-img create -f qcow2 var/default.qcow2 10G
+  echo "serving var/default.qcow2 at nbd://127.0.0.1:10809/ (Ctrl-C to stop)" >&2
+  exec build-release/server/qnbd -b 127.0.0.1 -p 10809 var/default.qcow2
+}
+
+run_tests() {
+  install_deps
+  build build-release --buildtype=release
+  build build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1"
+  export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+  local status=0
+  for dir in build-release build-asan; do
+    echo "=== tests in $dir" >&2
+    meson test -C "$dir" --print-errorlogs --num-processes 2 || status=1
+  done
+  /usr/bin/python3 tests/summarize.py build-release/meson-logs/testlog.json \
+    build-asan/meson-logs/testlog.json || status=1
+  return $status
+}
+
+case "${1:-}" in
+  serve) serve ;;
+  test) run_tests ;;
+  *) echo "usage: $0 serve|test" >&2; exit 2 ;;
+esac
