@@ -69,10 +69,10 @@ awaitable<void> Session::run() {
     if (broken_) break;
     ++inflight_;
     inflight_bytes_ += budget;
-    std::vector<std::byte> payload;
+    Buffer payload;
     if (req->type == NBD_CMD_WRITE) {
-      payload.resize(req->length);
-      if (co_await conn_.read_exact(payload)) {
+      payload = pool_.acquire(req->length);
+      if (co_await conn_.read_exact(payload.span())) {
         spdlog::info("{}: truncated write payload, closing", peer());
         release(budget);
         break;
@@ -87,13 +87,14 @@ awaitable<void> Session::run() {
 }
 
 awaitable<void> Session::handle(std::shared_ptr<Session>, Request req,
-                                std::vector<std::byte> payload, std::size_t budget) {
+                                Buffer payload, std::size_t budget) {
   Reply r;
   if (std::uint32_t err = validate_request(req, lim_)) {
     r = error_reply(req, err);
   } else {
     r = co_await execute(req, payload);
   }
+  pool_.release(std::move(payload));
   r.budget = budget;
   send(std::move(r));
 }
@@ -145,14 +146,17 @@ awaitable<void> Session::write_replies(std::shared_ptr<Session>) {
     }
     for (const auto& r : batch) {
       bufs.push_back(boost::asio::buffer(r.head.data(), r.head_len));
-      if (!r.body.empty()) bufs.push_back(boost::asio::buffer(r.body));
+      if (!r.body.empty()) bufs.push_back(boost::asio::buffer(r.body.data(), r.body.size()));
     }
     if (auto ec = co_await conn_.write_all(bufs)) {
       spdlog::info("{}: send failed ({}), closing", peer(), ec.message());
       broken_ = true;
       conn_.close();
     }
-    for (const auto& r : batch) release(r.budget);
+    for (auto& r : batch) {
+      release(r.budget);
+      pool_.release(std::move(r.body));
+    }
   }
   while (!queue_.empty()) {
     release(queue_.front().budget);

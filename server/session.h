@@ -8,6 +8,7 @@
 // connection only; a failure of an operation becomes an NBD error reply.
 #pragma once
 
+#include "server/buffer_pool.h"
 #include "server/connection.h"
 #include "server/handshake.h"
 #include "server/protocol.h"
@@ -43,13 +44,13 @@ class Session : public std::enable_shared_from_this<Session> {
   struct Reply {
     std::array<std::byte, nbd::kChunkHeaderSize + 12> head{};
     std::size_t head_len = 0;
-    std::vector<std::byte> body;
+    Buffer body;
     std::size_t budget = 0;
   };
 
   boost::asio::awaitable<void> handle(std::shared_ptr<Session> self, nbd::Request req,
-                                      std::vector<std::byte> payload, std::size_t budget);
-  boost::asio::awaitable<Reply> execute(const nbd::Request& req, std::vector<std::byte>& payload);
+                                      Buffer payload, std::size_t budget);
+  boost::asio::awaitable<Reply> execute(const nbd::Request& req, Buffer& payload);
   boost::asio::awaitable<Reply> cmd_read(const nbd::Request& req);
   boost::asio::awaitable<Reply> cmd_block_status(const nbd::Request& req);
   boost::asio::awaitable<result<>> cmd_write_zeroes(const nbd::Request& req);
@@ -69,6 +70,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::size_t inflight_ = 0;
   std::size_t inflight_bytes_ = 0;
   boost::asio::steady_timer wake_;
+  BufferPool pool_;
   std::deque<Reply> queue_;
   bool writing_ = false;
   bool broken_ = false;

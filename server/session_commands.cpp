@@ -17,14 +17,14 @@ std::uint32_t wire_error(const error_code& ec) { return errno_to_nbd(to_errno(ec
 
 }  // namespace
 
-awaitable<Session::Reply> Session::execute(const Request& req, std::vector<std::byte>& payload) {
+awaitable<Session::Reply> Session::execute(const Request& req, Buffer& payload) {
   BlockBackend& be = *neg_.exp->backend;
   const bool fua = req.flags & NBD_CMD_FLAG_FUA;
   result<> r;
   switch (req.type) {
     case NBD_CMD_READ: co_return co_await cmd_read(req);
     case NBD_CMD_BLOCK_STATUS: co_return co_await cmd_block_status(req);
-    case NBD_CMD_WRITE: r = co_await be.write(req.offset, payload, fua); break;
+    case NBD_CMD_WRITE: r = co_await be.write(req.offset, payload.span(), fua); break;
     case NBD_CMD_FLUSH: r = co_await be.flush(); break;
     case NBD_CMD_TRIM: r = co_await be.trim(req.offset, req.length, fua); break;
     case NBD_CMD_WRITE_ZEROES: r = co_await cmd_write_zeroes(req); break;
@@ -48,10 +48,11 @@ awaitable<result<>> Session::cmd_write_zeroes(const Request& req) {
 
 awaitable<Session::Reply> Session::cmd_read(const Request& req) {
   Reply out;
-  out.body.resize(req.length);
   if (req.length) {
-    auto r = co_await neg_.exp->backend->read(req.offset, out.body);
+    out.body = pool_.acquire(req.length);
+    auto r = co_await neg_.exp->backend->read(req.offset, out.body.span());
     if (!r) {
+      pool_.release(std::move(out.body));
       spdlog::debug("{}: READ at {} (+{}) failed: {}", peer(), req.offset, req.length,
                     r.error().message());
       co_return error_reply(req, wire_error(r.error()));
@@ -84,6 +85,8 @@ awaitable<Session::Reply> Session::cmd_block_status(const Request& req) {
   if (extents->empty()) co_return simple(req, NBD_EIO);
   const bool one = req.flags & NBD_CMD_FLAG_REQ_ONE;
   Reply out;
+  out.body = pool_.acquire(8 * (one ? 1 : extents->size()));
+  out.body.resize(0);
   std::uint64_t covered = 0;
   for (const auto& e : *extents) {
     if (covered >= req.length || e.length == 0) break;
