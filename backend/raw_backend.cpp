@@ -19,6 +19,10 @@ RawBackend::RawBackend(std::unique_ptr<io::File> file)
 Capabilities RawBackend::capabilities() const {
   Capabilities c;
   c.read_only = file_->read_only();
+  // With O_DIRECT the client must send aligned requests (it learns the
+  // minimum from NBD_INFO_BLOCK_SIZE); every buffer we pass is 4 KiB aligned.
+  c.min_block = file_->alignment();
+  c.preferred_block = std::max<std::uint32_t>(4096, c.min_block);
   return c;
 }
 

@@ -34,6 +34,8 @@ class File {
   virtual result<std::uint64_t> seek_data(std::uint64_t offset) const = 0;
   virtual result<std::uint64_t> seek_hole(std::uint64_t offset) const = 0;
   virtual bool read_only() const = 0;
+  // Required alignment of offsets, lengths and buffers (O_DIRECT), 1 if none.
+  virtual std::uint32_t alignment() const { return 1; }
 
   // Coroutines (not plain wrappers) so the iovec lives in the frame for the
   // whole operation.

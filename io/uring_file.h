@@ -35,6 +35,7 @@ class UringFile final : public File {
   bool read_only() const override { return read_only_; }
   int fd() const { return fd_; }
   bool direct() const { return direct_; }
+  std::uint32_t alignment() const override { return direct_ ? 512 : 1; }
 
  private:
   UringFile(Ring& ring, int fd, bool ro, bool direct)
