@@ -32,7 +32,10 @@ install_deps() {
 build() {
   local dir=$1
   shift
-  [ -f "$dir/build.ninja" ] || meson setup "$dir" "$@" >/dev/null
+  if [ ! -f "$dir/build.ninja" ]; then
+    local log
+    log=$(meson setup "$dir" "$@" 2>&1) || { echo "$log" >&2; rm -rf "$dir"; return 1; }
+  fi
   ninja -C "$dir" >/dev/null || ninja -C "$dir"
 }
 
