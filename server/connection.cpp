@@ -74,6 +74,17 @@ void Connection::shutdown_receive() {
   socket_.shutdown(Socket::shutdown_receive, ignored);
 }
 
+error_code Connection::rebind(boost::asio::io_context& ctx) {
+  error_code ec;
+  auto protocol = socket_.local_endpoint(ec).protocol();
+  if (ec) return ec;
+  int fd = socket_.release(ec);
+  if (ec) return ec;
+  socket_ = Socket(ctx);
+  socket_.assign(protocol, fd, ec);
+  return ec;
+}
+
 void Connection::close() {
   error_code ignored;
   socket_.shutdown(Socket::shutdown_both, ignored);

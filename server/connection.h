@@ -8,6 +8,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/io_context.hpp>
 
 #include <cstddef>
 #include <span>
@@ -33,6 +34,9 @@ class Connection {
   // while replies can still be sent.
   void shutdown_receive();
   void close();
+  // Moves the socket to another event loop (the export's worker), keeping
+  // any bytes already received.
+  error_code rebind(boost::asio::io_context& ctx);
   bool is_open() const { return socket_.is_open(); }
   const std::string& peer() const { return peer_; }
   Socket& socket() { return socket_; }

@@ -4,6 +4,8 @@
 
 #include "backend/block_backend.h"
 
+#include <boost/asio/io_context.hpp>
+
 #include <memory>
 #include <string>
 #include <string_view>
@@ -17,12 +19,14 @@ struct Export {
   std::unique_ptr<BlockBackend> backend;
   Capabilities caps;
   std::uint64_t size = 0;
-  unsigned connections = 0;
+  unsigned connections = 0;     // touched on the main thread only
+  boost::asio::io_context* home = nullptr;  // the worker that owns the backend
 };
 
 class ExportRegistry {
  public:
-  Export& add(std::string name, std::string description, std::unique_ptr<BlockBackend> backend);
+  Export& add(std::string name, std::string description, std::unique_ptr<BlockBackend> backend,
+              boost::asio::io_context& home);
   Export* find(std::string_view name);
   const std::vector<std::unique_ptr<Export>>& all() const { return exports_; }
 

@@ -5,6 +5,7 @@
 #include "server/cli.h"
 #include "server/daemon.h"
 #include "server/server.h"
+#include "server/workers.h"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -41,16 +42,6 @@ void setup_logging(config::LogLevel level) {
   spdlog::set_default_logger(logger);
 }
 
-boost::asio::awaitable<void> open_exports(io::Ring& ring, const config::Config& cfg,
-                                          server::ExportRegistry& exports) {
-  for (const auto& e : cfg.exports) {
-    auto backend = co_await open_image(ring, e);
-    auto& x = exports.add(e.name, e.description, std::move(backend));
-    spdlog::info("export '{}': {} ({} bytes{})", x.name, e.path, x.size,
-                 x.caps.read_only ? ", read-only" : "");
-  }
-}
-
 // Runs `aw` to completion on ctx; rethrows its exception (start-up errors).
 void run_sync(boost::asio::io_context& ctx, boost::asio::awaitable<void> aw) {
   std::exception_ptr failure;
@@ -64,13 +55,34 @@ void run_sync(boost::asio::io_context& ctx, boost::asio::awaitable<void> aw) {
   if (failure) std::rethrow_exception(failure);
 }
 
+boost::asio::awaitable<void> open_one(io::Ring& ring, const config::Export& e,
+                                      std::unique_ptr<BlockBackend>& out) {
+  out = co_await open_image(ring, e);
+}
+
+// Each export is opened on (and from then on owned by) its worker.
+void open_exports(server::Workers& workers, const config::Config& cfg,
+                  server::ExportRegistry& exports) {
+  unsigned next = 0;
+  for (const auto& e : cfg.exports) {
+    unsigned w = next++ % workers.size();
+    std::unique_ptr<BlockBackend> backend;
+    run_sync(workers.context(w), open_one(workers.ring(w), e, backend));
+    auto& x = exports.add(e.name, e.description, std::move(backend), workers.context(w));
+    spdlog::info("export '{}': {} ({} bytes{})", x.name, e.path, x.size,
+                 x.caps.read_only ? ", read-only" : "");
+  }
+}
+
 int serve(const config::Config& cfg) {
   if (cfg.fork) server::daemon::fork_and_wait_for_ready();
   std::signal(SIGPIPE, SIG_IGN);
   boost::asio::io_context ctx(1);
-  io::Ring ring(ctx);
+  server::Workers workers(std::min<unsigned>(server::default_worker_count(),
+                                             static_cast<unsigned>(cfg.exports.size())));
   server::ExportRegistry exports;
-  run_sync(ctx, open_exports(ring, cfg, exports));
+  open_exports(workers, cfg, exports);
+  workers.start();
 
   server::Server srv(ctx, cfg, exports, server::open_listeners(ctx, cfg.listen));
   srv.start();
@@ -87,6 +99,7 @@ int serve(const config::Config& cfg) {
     boost::asio::co_spawn(ctx, srv.shutdown(), [&](std::exception_ptr) { ctx.stop(); });
   });
   ctx.run();
+  workers.stop();
   if (cfg.pid_file) std::remove(cfg.pid_file->c_str());
   spdlog::info("stopped");
   return 0;

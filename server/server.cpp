@@ -67,12 +67,18 @@ awaitable<void> Server::serve(Socket s) {
   if (neg && !stopping_) {
     spdlog::debug("{}: export '{}' ({}structured replies)", peer, neg->exp->name,
                  neg->structured ? "" : "no ");
-    auto session = std::make_shared<Session>(std::move(conn), *neg, SessionLimits{});
-    sessions_.insert(session);
-    ++neg->exp->connections;
-    co_await session->run();
-    --neg->exp->connections;
-    sessions_.erase(session);
+    Export& e = *neg->exp;
+    if (auto ec = conn.rebind(*e.home)) {
+      spdlog::warn("{}: cannot hand the connection to its worker: {}", peer, ec.message());
+    } else {
+      auto session = std::make_shared<Session>(std::move(conn), *neg, SessionLimits{});
+      sessions_.insert(session);
+      ++e.connections;
+      // The session runs on the export's worker; we resume here afterwards.
+      co_await boost::asio::co_spawn(e.home->get_executor(), session->run(), use_awaitable);
+      --e.connections;
+      sessions_.erase(session);
+    }
   } else {
     conn.close();
   }
@@ -95,7 +101,9 @@ awaitable<void> Server::shutdown() {
     co_await idle_.async_wait(boost::asio::as_tuple(use_awaitable));
   }
   for (auto& e : exports_.all()) {
-    if (auto r = co_await e->backend->close(); !r)
+    auto r = co_await boost::asio::co_spawn(e->home->get_executor(), e->backend->close(),
+                                            use_awaitable);
+    if (!r)
       spdlog::error("export '{}': closing failed: {}", e->name, r.error().message());
   }
   if (!listeners_.unix_path.empty()) ::unlink(listeners_.unix_path.c_str());

@@ -3,6 +3,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -32,6 +33,11 @@ awaitable<void> Session::wait_until(auto pred) {
     wake_.expires_at(boost::asio::steady_timer::time_point::max());
     co_await wake_.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
   }
+}
+
+void Session::stop() {
+  boost::asio::post(conn_.socket().get_executor(),
+                    [self = shared_from_this()] { self->conn_.shutdown_receive(); });
 }
 
 void Session::release(std::size_t budget) {

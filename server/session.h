@@ -37,7 +37,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // every request in flight to be answered.
   boost::asio::awaitable<void> run();
   // Stop taking requests; those in flight still get their replies.
-  void stop() { conn_.shutdown_receive(); }
+  // Thread-safe: runs on the session's own event loop.
+  void stop();
   const std::string& peer() const { return conn_.peer(); }
 
  private:

@@ -1,0 +1,39 @@
+#include "server/workers.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace qnbd::server {
+
+Workers::Workers(unsigned count) {
+  for (unsigned i = 0; i < std::max(count, 1u); ++i) {
+    auto w = std::make_unique<Worker>();
+    w->ring = std::make_unique<io::Ring>(w->ctx);
+    workers_.push_back(std::move(w));
+  }
+}
+
+Workers::~Workers() { stop(); }
+
+void Workers::start() {
+  for (auto& w : workers_) {
+    w->thread = std::thread([ctx = &w->ctx] {
+      // Work guard: the loop must outlive idle periods between clients.
+      auto guard = boost::asio::make_work_guard(*ctx);
+      ctx->run();
+    });
+  }
+}
+
+void Workers::stop() {
+  for (auto& w : workers_) w->ctx.stop();
+  for (auto& w : workers_)
+    if (w->thread.joinable()) w->thread.join();
+}
+
+unsigned default_worker_count() {
+  return std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+}
+
+}  // namespace qnbd::server
