@@ -1,0 +1,251 @@
+#!/usr/bin/python3
+"""Crash-consistency test: for many seeds, run a write workload through NBD,
+SIGKILL the server at a random completed-reply count, then check the image
+offline with the qemu tools and online through a restarted server.
+
+    QNBD=build/server/qnbd /usr/bin/python3 crash_test.py --variant qcow2-lazy
+    ... --seed 1234 --iterations 1     # reproduce one kill point
+
+Iterations per variant: --iterations, else $QNBD_CRASH_ITERATIONS, else 15.
+Base seed: --seed, else $QNBD_CRASH_SEED, else fixed per variant (CI is
+deterministic in its choices; the server's timing is not).
+Failing images are kept under $QNBD_CRASH_KEEP (default /tmp/qnbd-crash-failures).
+"""
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+
+import nbd
+
+import crash_images as ci
+from crash_model import BLOCK, ImageModel, Op, describe, describe_value, render, stamp
+from crash_server import Server, become_subreaper, is_reference
+from crash_workload import HOT_CLUSTERS, Workload
+
+MAX_REPORTED = 12
+
+
+def compare(data, model, durable, where):
+    """Failures (strings) where `data` holds something the model does not allow."""
+    failures = []
+    if len(data) != ci.VIRTUAL_SIZE:
+        return [f"{where}: read {len(data)} bytes, expected {ci.VIRTUAL_SIZE}"]
+    touched = model.by_block
+    for b in range(ci.BLOCKS):
+        got = data[b * BLOCK:(b + 1) * BLOCK]
+        if b not in touched:
+            if got != render(model.initial[b]):
+                failures.append(f"{where}: untouched block {b} holds {describe(got)}, "
+                                f"expected {describe_value(model.initial[b])}")
+        else:
+            allowed, floor = model.allowed(b, durable)
+            if not any(got == render(v) for v in allowed):
+                failures.append(
+                    f"{where}: block {b} (offset {b * BLOCK:#x}) holds {describe(got)}; allowed "
+                    f"{sorted(describe_value(v) for v in allowed)}; last durable op: {floor}; "
+                    f"ops on it: {touched[b]}")
+        if len(failures) >= MAX_REPORTED:
+            failures.append(f"{where}: (stopped after {MAX_REPORTED} bad blocks)")
+            break
+    return failures
+
+
+def read_nbd(server):
+    h = nbd.NBD()
+    h.connect_unix(server.sock)
+    size = h.get_size()
+    chunk = 4 * ci.MiB
+    data = b"".join(h.pread(min(chunk, size - off), off) for off in range(0, size, chunk))
+    h.shutdown()
+    return data
+
+
+class Iteration:
+    def __init__(self, args, template, seed, workdir):
+        self.args, self.template, self.seed, self.workdir = args, template, seed, workdir
+        self.variant = template.variant
+        self.rng = random.Random(seed)
+        self.image = template.copy_to(os.path.join(workdir, "image." + self.variant.fmt))
+        self.model = ImageModel(seed, template.initial, template.backing)
+        self.server = Server(workdir, self.image, self.variant.fmt, lazy=self.variant.lazy)
+        self.notes = []
+
+    def fail_if(self, failures):
+        if failures:
+            raise AssertionError("\n".join(failures))
+
+    def run(self):
+        self.crash()
+        durable = self.model.durable_ops()
+        self.offline_check(durable)
+        self.restart_and_verify(durable)
+        return self
+
+    def crash(self):
+        a, rng = self.args, self.rng
+        nops = rng.randint(a.ops_min, a.ops_max)
+        depth = rng.choice([1, 4, 8, 16])
+        kill_at = rng.randint(0, nops)
+        over = 12288 if self.variant.backing else 4096
+        hot = rng.randrange(0, ci.BLOCKS // ci.BLOCKS_PER_CLUSTER - HOT_CLUSTERS)
+        self.server.start()
+        h = nbd.NBD()
+        h.connect_unix(self.server.sock)
+        w = Workload(h, self.model, rng, nops, depth, kill_at, self.server.kill, hot, over)
+        w.run()
+        del h
+        acked = sum(o.acked is not None for o in self.model.ops)
+        self.notes.append(f"ops={len(self.model.ops)}/{nops} depth={depth} kill_at={kill_at} "
+                          f"acked={acked} flush_every={w.flush_every} fua={w.fua_rate}")
+        if w.errors_before_kill:
+            raise AssertionError(f"error replies before the kill: {w.errors_before_kill[:5]}\n"
+                                 + self.server.log_tail())
+
+    def offline_check(self, durable):
+        v = self.variant
+        if v.fmt == "raw":
+            with open(self.image, "rb") as f:
+                self.fail_if(compare(f.read(), self.model, durable, "raw file after kill"))
+            return
+        bits = ci.qcow2_incompatible_bits(self.image)
+        check = ci.qemu_img_check(self.image)
+        self.notes.append(f"check={check.rc} dirty={bits & ci.QCOW2_INCOMPAT_DIRTY} "
+                          f"leaks={check.leaks}")
+        if bits & ci.QCOW2_INCOMPAT_CORRUPT:
+            raise AssertionError(f"corrupt bit set after kill\n{check}")
+        if v.lazy:
+            bad = ci.unexpected_lazy_errors(check, 2 if v.snapshot else 1)
+            if check.rc not in (0, 2, 3) or bad:
+                raise AssertionError(f"lazy mode: damage beyond stale refcounts: {bad}\n{check}")
+            if check.errors and not bits & ci.QCOW2_INCOMPAT_DIRTY:
+                raise AssertionError(f"refcount errors but the dirty bit is clear\n{check}")
+        else:
+            if check.rc not in (0, 3) or check.errors:
+                raise AssertionError(f"normal mode: corruption after kill\n{check}")
+            if bits & ci.QCOW2_INCOMPAT_DIRTY:
+                raise AssertionError("normal mode: dirty bit set")
+        self.fail_if(compare(ci.read_image(self.image, "qcow2", self.workdir), self.model,
+                             durable, "qemu-img convert after kill"))
+        self.check_snapshot("after kill")
+        if v.lazy and check.rc != 0 and (self.seed % 2 == 0 or is_reference()):
+            fixed = ci.qemu_img_check(self.image, repair="all")
+            after = ci.qemu_img_check(self.image)
+            if after.rc != 0 or after.leaks:
+                raise AssertionError(f"not clean after `qemu-img check -r all`:\n{fixed}\n{after}")
+            self.notes.append("repaired-by=qemu-img")
+        elif v.lazy and check.rc != 0:
+            self.notes.append("repaired-by=qnbd-open")
+
+    def check_snapshot(self, when):
+        if self.template.snapshot is None:
+            return
+        snap = ci.read_image(self.image, "qcow2", self.workdir, snapshot="s1")
+        expect = ImageModel(0, self.template.snapshot, self.template.backing)
+        self.fail_if(compare(snap, expect, set(), f"snapshot s1 {when}"))
+
+    def restart_and_verify(self, durable):
+        self.server.start()
+        self.fail_if(compare(read_nbd(self.server), self.model, durable, "qnbd after restart"))
+        durable = durable | self.write_after_restart()
+        self.server.stop()
+        if self.variant.fmt == "raw":
+            return
+        check = ci.qemu_img_check(self.image)
+        if self.variant.lazy and (check.rc != 0 or check.leaks):
+            raise AssertionError(f"lazy mode: not clean after restart and clean stop\n{check}")
+        if check.rc not in (0, 3) or check.errors:
+            raise AssertionError(f"corruption after restart and clean stop\n{check}")
+        self.fail_if(compare(ci.read_image(self.image, "qcow2", self.workdir), self.model,
+                             durable, "qemu-img convert after clean stop"))
+        self.check_snapshot("after clean stop")
+
+    def write_after_restart(self):
+        """Allocate again after the crash (and any repair), then FLUSH: the new
+        data must coexist with the old, so a leaked or stale-refcount cluster
+        handed out twice shows up as overwritten data."""
+        h = nbd.NBD()
+        h.connect_unix(self.server.sock)
+        base = len(self.model.ops) + 1000
+        written = set()
+        tick = max((o.acked or o.issued for o in self.model.ops), default=0) + 1
+        for i in range(24):
+            count = self.rng.randint(1, 8)
+            first = self.rng.randrange(0, ci.BLOCKS - count)
+            op = Op(base + i, "write", first, count, False)
+            data = b"".join(render(stamp(self.seed, op.index, b))
+                            for b in range(first, first + count))
+            h.pwrite(data, first * BLOCK)
+            op.issued, op.acked = tick, tick + 1
+            tick += 2
+            self.model.add(op)
+            written.add(op.index)
+        h.flush()
+        flush = Op(base + 24, "flush", 0, 0, False)
+        flush.issued, flush.acked = tick, tick + 1
+        self.model.add(flush)
+        h.shutdown()
+        return written
+
+
+def variant_seed(name):
+    return zlib.crc32(name.encode()) & 0xFFFF
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--variant", required=True, choices=sorted(ci.VARIANTS))
+    p.add_argument("--iterations", type=int,
+                   default=int(os.environ.get("QNBD_CRASH_ITERATIONS", "15")))
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ops-min", type=int, default=50)
+    p.add_argument("--ops-max", type=int, default=250)
+    args = p.parse_args()
+    become_subreaper()
+    variant = ci.VARIANTS[args.variant]
+    base = args.seed if args.seed is not None else int(
+        os.environ.get("QNBD_CRASH_SEED", variant_seed(variant.name) * 1000))
+    keep = os.environ.get("QNBD_CRASH_KEEP", "/tmp/qnbd-crash-failures")
+    failures = []
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"qnbd-crash-{variant.name}-",
+                                     dir=ci.scratch_root()) as top:
+        template = ci.Template(variant, top).prepare()
+        for i in range(args.iterations):
+            seed = base + i
+            workdir = os.path.join(top, f"seed{seed}")
+            os.mkdir(workdir)
+            it = None
+            try:
+                it = Iteration(args, template, seed, workdir)
+                it.run()
+                print(f"ok   {variant.name} seed={seed} " + " ".join(it.notes), flush=True)
+                shutil.rmtree(workdir)
+            except AssertionError as e:
+                failures.append(seed)
+                if it is not None and it.server.pid is not None:
+                    it.server.kill()
+                saved = os.path.join(keep, f"{variant.name}-seed{seed}")
+                shutil.rmtree(saved, ignore_errors=True)
+                shutil.copytree(top, saved, ignore=shutil.ignore_patterns("seed*", "nbd.sock"))
+                shutil.copytree(workdir, os.path.join(saved, f"seed{seed}"),
+                                ignore=shutil.ignore_patterns("nbd.sock"))
+                notes = " ".join(it.notes) if it else ""
+                print(f"FAIL {variant.name} seed={seed} {notes}\n{e}\n"
+                      f"  reproduce: QNBD={os.environ['QNBD']} /usr/bin/python3 {sys.argv[0]} "
+                      f"--variant {variant.name} --seed {seed} --iterations 1 "
+                      f"--ops-min {args.ops_min} --ops-max {args.ops_max}\n"
+                      f"  kept: {saved}", flush=True)
+    elapsed = time.monotonic() - start
+    server = "qemu-nbd (reference)" if is_reference() else "qnbd"
+    print(f"{variant.name}: {args.iterations - len(failures)}/{args.iterations} kill points "
+          f"passed against {server} in {elapsed:.1f}s; failing seeds: {failures or 'none'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

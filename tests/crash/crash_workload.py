@@ -1,0 +1,141 @@
+"""A write-heavy NBD workload with many requests in flight, killed mid-stream.
+
+Every request is recorded in an ImageModel with two client-side event numbers:
+when it was sent and when its successful reply arrived. The kill point is a
+count of completed replies, so no timing or sleeps are involved.
+"""
+import nbd
+
+from crash_images import BLOCKS, BLOCKS_PER_CLUSTER
+from crash_model import BLOCK, Op, render_range
+
+# Hot clusters get many small overlapping-in-time writes to one cluster.
+HOT_CLUSTERS = 6
+
+
+class Workload:
+    def __init__(self, handle, model, rng, nops, depth, kill_at, kill, hot_base,
+                 over_backing_limit):
+        self.h, self.model, self.rng = handle, model, rng
+        self.nops, self.depth, self.kill_at, self.kill_fn = nops, depth, kill_at, kill
+        self.hot_base = hot_base
+        self.over_limit = over_backing_limit
+        self.flush_every = rng.randint(4, 40)
+        self.fua_rate = rng.choice([0.0, 0.05, 0.2])
+        self.seq = 0
+        self.inflight = {}          # op index -> (Op, buffer or None)
+        self.busy = set()           # blocks with a request in flight
+        self.completed = 0
+        self.killed = False
+        self.errors_before_kill = []
+        self.can = {"fua": handle.can_fua(), "trim": handle.can_trim(),
+                    "zero": handle.can_zero()}
+
+    def _tick(self):
+        self.seq += 1
+        return self.seq
+
+    # ---- choosing requests -------------------------------------------------
+
+    def _range(self):
+        r = self.rng.random()
+        if r < 0.35:    # anywhere: mostly allocating writes
+            count = self.rng.randint(1, 16)
+            first = self.rng.randrange(0, BLOCKS - count)
+        elif r < 0.65:  # hot clusters: sub-cluster writes racing in one cluster
+            count = self.rng.randint(1, 4)
+            first = self.hot_base * BLOCKS_PER_CLUSTER + self.rng.randrange(
+                0, HOT_CLUSTERS * BLOCKS_PER_CLUSTER - count)
+        elif r < 0.9:   # partial clusters over backing/prefilled data: copy-on-write
+            count = self.rng.randint(1, 8)
+            first = self.rng.randrange(0, self.over_limit - count)
+        else:           # large, may straddle clusters
+            count = self.rng.randint(16, 64)
+            first = self.rng.randrange(0, BLOCKS - count)
+        return first, count
+
+    def _choose(self, index):
+        if index % self.flush_every == self.flush_every - 1:
+            return Op(index, "flush", 0, 0, False)
+        r = self.rng.random()
+        kind = "write"
+        if r < 0.12 and self.can["zero"]:
+            kind = "zero"
+        elif r < 0.22 and self.can["trim"]:
+            kind = "trim"
+        fua = self.can["fua"] and self.rng.random() < self.fua_rate
+        for _ in range(20):
+            first, count = self._range()
+            if not self.busy.intersection(range(first, first + count)):
+                return Op(index, kind, first, count, fua)
+        return None
+
+    # ---- issuing and completing ----------------------------------------------
+
+    def _completion(self, op):
+        def done(err):
+            err = int(getattr(err, "value", err))
+            if err == 0:
+                op.acked = self._tick()
+            else:
+                op.error = err
+                if not self.killed:
+                    self.errors_before_kill.append(op)
+            self.completed += 1
+            self.inflight.pop(op.index, None)
+            self.busy.difference_update(range(op.first, op.first + op.count))
+            return 1
+        return done
+
+    def _issue(self, op):
+        flags = nbd.CMD_FLAG_FUA if op.fua else 0
+        buf = None
+        op.issued = self._tick()
+        self.model.add(op)
+        self.inflight[op.index] = (op, None)
+        self.busy.update(range(op.first, op.first + op.count))
+        cb = self._completion(op)
+        offset, length = op.first * BLOCK, op.count * BLOCK
+        if op.kind == "write":
+            data = render_range(self.model.written_value(op, b)
+                                for b in range(op.first, op.first + op.count))
+            buf = nbd.Buffer.from_bytearray(bytearray(data))
+            self.inflight[op.index] = (op, buf)
+            self.h.aio_pwrite(buf, offset, completion=cb, flags=flags)
+        elif op.kind == "zero":
+            if self.rng.random() < 0.3:
+                flags |= nbd.CMD_FLAG_NO_HOLE
+            self.h.aio_zero(length, offset, completion=cb, flags=flags)
+        elif op.kind == "trim":
+            self.h.aio_trim(length, offset, completion=cb, flags=flags)
+        else:
+            self.h.aio_flush(completion=cb)
+
+    def _maybe_kill(self):
+        if self.killed:
+            return
+        finished = len(self.model.ops) >= self.nops and not self.inflight
+        if self.completed >= self.kill_at or finished:
+            self.killed = True
+            self.kill_fn()
+
+    def run(self):
+        index = 0
+        while True:
+            while not self.killed and index < self.nops and len(self.inflight) < self.depth:
+                op = self._choose(index)
+                if op is None:
+                    break
+                self._issue(op)
+                index += 1
+            self._maybe_kill()
+            if not self.inflight:
+                break
+            try:
+                self.h.poll(-1)
+            except nbd.Error:
+                if not self.killed:
+                    raise
+                if self.h.aio_is_dead() or self.h.aio_is_closed():
+                    break  # whatever is still in flight was never acknowledged
+        return self
