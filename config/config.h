@@ -51,6 +51,9 @@ struct Config {
   std::optional<std::string> pid_file;
   bool fork = false;  // detach once listening (like qemu-nbd --fork)
   std::vector<Export> exports;
+  // Absolute path of the YAML file the config came from; "" for the command
+  // line. Kept so a reload (SIGHUP) can read the same file again.
+  std::string config_file;
 };
 
 // Checks cross-field rules (at least one export, unique names, files exist
