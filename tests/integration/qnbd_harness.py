@@ -60,11 +60,11 @@ def pattern(offset, length, seed=0):
     """Deterministic bytes that differ per 512-byte sector, so misplaced data is caught."""
     out = bytearray()
     sector = offset // 512
-    while len(out) < length:
+    start = offset % 512
+    while len(out) < start + length:
         word = ((sector * 2654435761 + seed * 40503) & 0xFFFFFFFF).to_bytes(4, "little")
         out += word * 128
         sector += 1
-    start = offset % 512
     return bytes(out[start:start + length])
 
 

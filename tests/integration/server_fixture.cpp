@@ -198,6 +198,7 @@ std::vector<std::string> Server::argv() const {
     if (!options_.description.empty()) a.insert(a.end(), {"-D", options_.description});
     if (options_.read_only) a.push_back("-r");
     if (is_reference_server()) a.insert(a.end(), {"-t", "-e", "0", "--discard=unmap"});
+    a.insert(a.end(), options_.extra_args.begin(), options_.extra_args.end());
     a.push_back(options_.image);
     return a;
 }

@@ -60,6 +60,7 @@ struct ServerOptions {
     bool unix_socket = true;
     bool tcp = false;
     std::string config;  // YAML config instead of the flags above
+    std::vector<std::string> extra_args;
 
     // Fluent set-up (designated initialisers trip -Wmissing-field-initializers).
     static ServerOptions serving(std::string image_path) {
@@ -76,6 +77,7 @@ struct ServerOptions {
     ServerOptions described(std::string d) && { description = std::move(d); return std::move(*this); }
     ServerOptions readonly() && { read_only = true; return std::move(*this); }
     ServerOptions with_tcp() && { tcp = true; return std::move(*this); }
+    ServerOptions with_args(std::vector<std::string> a) && { extra_args = std::move(a); return std::move(*this); }
 };
 
 class Server {
