@@ -149,3 +149,60 @@ class Conn:
         error, got_cookie, data = self.reply(length)
         assert got_cookie == cookie, (got_cookie, cookie)
         return error, data
+
+
+# -- structured replies and metadata contexts --
+STRUCTURED_REPLY_MAGIC = 0x668E33EF
+OPT_STRUCTURED_REPLY = 8
+OPT_LIST_META_CONTEXT = 9
+OPT_SET_META_CONTEXT = 10
+REP_META_CONTEXT = 4
+REPLY_FLAG_DONE = 1
+REPLY_TYPE_NONE = 0
+REPLY_TYPE_OFFSET_DATA = 1
+REPLY_TYPE_OFFSET_HOLE = 2
+REPLY_TYPE_BLOCK_STATUS = 5
+REPLY_TYPE_ERROR = 0x8001
+REPLY_TYPE_ERROR_OFFSET = 0x8002
+
+
+def meta_context_data(export, queries):
+    raw = export.encode()
+    out = struct.pack(">I", len(raw)) + raw + struct.pack(">I", len(queries))
+    for q in queries:
+        out += struct.pack(">I", len(q)) + q.encode()
+    return out
+
+
+def meta_context_option(conn, opt, export, queries):
+    """LIST/SET_META_CONTEXT; returns ({id: name}, final reply type)."""
+    conn.option(opt, meta_context_data(export, queries))
+    contexts = {}
+    while True:
+        _, rtype, data = conn.option_reply()
+        if rtype != REP_META_CONTEXT:
+            return contexts, rtype
+        contexts[struct.unpack(">I", data[:4])[0]] = data[4:].decode()
+
+
+def structured_reply(conn):
+    """Either kind of reply header; returns dict with kind, flags, type, cookie, payload."""
+    magic = struct.unpack(">I", conn.recv_exact(4))[0]
+    if magic == SIMPLE_REPLY_MAGIC:
+        error, cookie = struct.unpack(">IQ", conn.recv_exact(12))
+        return {"kind": "simple", "error": error, "cookie": cookie, "flags": REPLY_FLAG_DONE}
+    assert magic == STRUCTURED_REPLY_MAGIC, hex(magic)
+    flags, rtype, cookie, length = struct.unpack(">HHQI", conn.recv_exact(16))
+    return {"kind": "chunk", "flags": flags, "type": rtype, "cookie": cookie,
+            "payload": conn.recv_exact(length)}
+
+
+def structured_replies(conn, cookie):
+    """All chunks of one request, up to the one with REPLY_FLAG_DONE."""
+    chunks = []
+    while True:
+        r = structured_reply(conn)
+        assert r["cookie"] == cookie, (r["cookie"], cookie)
+        chunks.append(r)
+        if r["flags"] & REPLY_FLAG_DONE:
+            return chunks
