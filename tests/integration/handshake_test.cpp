@@ -33,6 +33,11 @@ struct ListedExport {
     std::string description;
 };
 
+int collect_context(void* user, const char* name) {
+    static_cast<std::vector<std::string>*>(user)->push_back(name);
+    return 0;
+}
+
 int collect_export(void* user, const char* name, const char* description) {
     (*static_cast<std::map<std::string, ListedExport>*>(user))[name] = {description};
     return 0;
@@ -134,6 +139,13 @@ TEST_CASE("LIST, INFO and GO with several exports from a YAML config") {
         CHECK(take(nbd_get_canonical_export_name(h)) == e.name);
         REQUIRE(nbd_aio_is_negotiating(h));  // INFO leaves us negotiating
     }
+
+    // LIST_META_CONTEXT for the export being asked about ("c" now).
+    std::vector<std::string> contexts;
+    NBD_OK(nbd_add_meta_context(h, "base:allocation"));
+    int n = nbd_opt_list_meta_context(h, nbd_context_callback{collect_context, &contexts, nullptr});
+    CHECK(n == static_cast<int>(contexts.size()));
+    CHECK(std::find(contexts.begin(), contexts.end(), "base:allocation") != contexts.end());
 
     // An unknown export fails INFO and GO politely; the connection survives.
     NBD_OK(nbd_set_export_name(h, "no-such-export"));

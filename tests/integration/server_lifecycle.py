@@ -124,6 +124,32 @@ def test_cache_none_o_direct(tmp):
     assert h.read_file_range(img, 5 * h.MiB, 12345) == b"\x5b" * 12345
 
 
+def test_bind_addresses(tmp):
+    img = image(tmp)
+    for bind, host, uri_host in (("::1", "::1", "[::1]"), ("::", "::1", "[::1]"),
+                                 ("0.0.0.0", "127.0.0.1", "127.0.0.1")):
+        port = h.free_tcp_port()
+        srv = h.Server(tmp, img, unix=False, extra=["-b", bind, "-p", str(port)])
+        with srv:
+            c = nbd.NBD()
+            c.connect_uri(f"nbd://{uri_host}:{port}/")
+            assert c.pread(4096, 0) == h.pattern(0, 4096), bind
+            c.shutdown()
+            with socket.create_connection((host, port), timeout=10) as s:
+                assert len(s.recv(18)) > 0
+
+
+def test_unix_and_tcp_together(tmp):
+    # -k with -p opens both listeners (qemu-nbd would open only the socket).
+    img = image(tmp)
+    with h.Server(tmp, img, tcp=True) as srv:
+        for uri in (srv.unix_uri(), srv.tcp_uri()):
+            c = nbd.NBD()
+            c.connect_uri(uri)
+            assert c.pread(4096, 0) == h.pattern(0, 4096), uri
+            c.shutdown()
+
+
 def startup_error(argv):
     p = subprocess.run([h.server_binary()] + argv, capture_output=True, text=True, timeout=30)
     assert p.returncode != 0, f"{argv}: exit 0"
@@ -155,4 +181,5 @@ def test_startup_errors(tmp):
 
 if __name__ == "__main__":
     h.main([test_max_connections, test_handshake_timeout, test_sigterm_drains,
-            test_sigint_drains, test_cache_none_o_direct, test_startup_errors])
+            test_sigint_drains, test_cache_none_o_direct, test_startup_errors,
+            test_bind_addresses, test_unix_and_tcp_together])
