@@ -208,6 +208,20 @@ def qemu_img_check(path, repair=None):
     return CheckResult(text.returncode, text.stdout, info)
 
 
+def leaks_including_past_eof(path, workdir):
+    """Leaked clusters, counting refcounts of clusters past the end of the file.
+    qemu-img check looks only at clusters inside the file, but after a crash the
+    refcount of a cluster allocated at the end may be on disk while its data is
+    not; such a leak only becomes visible once the file grows over it."""
+    copy = os.path.join(workdir, "leakcheck.qcow2")
+    shutil.copyfile(path, copy)
+    with open(copy, "r+b") as f:
+        f.truncate(os.path.getsize(copy) + VIRTUAL_SIZE)
+    check = qemu_img_check(copy)
+    os.unlink(copy)
+    return check.leaks
+
+
 # After a crash with lazy refcounts, qemu reports refcounts that are too low;
 # anything else (bad L2 entries, overlaps, out-of-image offsets) is real damage.
 _LAZY_OK_ERROR = re.compile(r"^ERROR (cluster \d+ refcount=\d+ reference=\d+|"
