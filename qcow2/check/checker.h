@@ -1,0 +1,85 @@
+// The state of one check run and its steps, split over files by job:
+// scan.cpp (expected refcounts from every reference), compare.cpp (against
+// the on-disk refcounts), rebuild.cpp (a new refcount structure),
+// oflag_copied.cpp (COPIED flags), checker.cpp (the order qemu runs them in).
+// Internal to qcow2/check.
+#pragma once
+
+#include "qcow2/check/check.h"
+#include "qcow2/check/disk_refcounts.h"
+#include "qcow2/check/image_meta.h"
+#include "qcow2/check/refcount_array.h"
+#include "qcow2/format/entries.h"
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+// Propagates the error of a result-returning expression out of a task.
+#define QNBD_CO_TRY(expr)                        \
+  do {                                           \
+    if (auto qnbd_r_ = (expr); !qnbd_r_)         \
+      co_return qnbd_r_.error();                 \
+  } while (0)
+
+namespace qnbd::qcow2::check {
+
+class Checker {
+ public:
+  Checker(io::File& file, ImageMeta& meta, const CheckOptions& opts, CheckResult& res)
+      : file_(file), meta_(meta), opts_(opts), res_(res), imrt_(meta.geo), disk_(file, meta) {}
+
+  // qemu's qcow2_check_refcounts: calculate, compare, rebuild or fix,
+  // OFLAG_COPIED. Errors that stop the check are returned; findings go
+  // into the result.
+  task<> run();
+
+ private:
+  // scan.cpp
+  task<> calculate_refcounts(Fix fix, bool& rebuild);
+  void inc_refcounts(std::uint64_t offset, std::uint64_t size);
+  bool beyond_eof(std::uint64_t offset, std::uint64_t size) const;
+  task<> check_l1(std::uint64_t l1_offset, std::uint32_t l1_size, bool active, Fix fix);
+  task<> check_l2(std::uint64_t l2_offset, bool active, Fix fix);
+  task<> check_l2_entry(std::vector<std::byte>& table, std::uint64_t l2_offset, std::uint64_t i,
+                        bool active, Fix fix, std::uint64_t& next_contiguous);
+  task<> check_bitmaps();
+  task<> check_refblocks(Fix fix, bool& rebuild);
+  // Rewrites L2 entry i to read as zeros without a host cluster; `done` is
+  // false when the image cannot express that (v2 with a backing file).
+  task<> zero_l2_entry(std::vector<std::byte>& table, std::uint64_t l2_offset, std::uint64_t i,
+                       bool& done);
+
+  // compare.cpp
+  task<> compare_refcounts(Fix fix, bool& rebuild, std::uint64_t& highest);
+  // rebuild.cpp
+  task<> rebuild_refcount_structure();
+  task<> write_refblocks(std::uint64_t first, std::uint64_t end,
+                         std::vector<std::uint64_t>& reftable, bool& grown);
+  // oflag_copied.cpp
+  task<> check_oflag_copied(Fix fix);
+  bool overlaps_metadata(std::uint64_t offset, std::uint64_t size) const;
+
+  result<> refresh_file_size();
+  template <class... A>
+  void say(fmt::format_string<A...> f, A&&... a) {
+    ++lines_;
+    if (opts_.log && (opts_.max_log_lines == 0 || lines_ <= opts_.max_log_lines))
+      opts_.log(fmt::format(f, std::forward<A>(a)...));
+  }
+
+  const format::Geometry& geo() const { return meta_.geo; }
+  std::uint64_t cs() const { return meta_.geo.cluster_size(); }
+
+  io::File& file_;
+  ImageMeta& meta_;
+  const CheckOptions& opts_;
+  CheckResult& res_;
+  RefcountArray imrt_;
+  DiskRefcounts disk_;
+  std::uint64_t lines_ = 0;
+};
+
+}  // namespace qnbd::qcow2::check
