@@ -15,6 +15,7 @@ import argparse
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -208,6 +209,14 @@ class Iteration:
         return written
 
 
+def keep_backing_link(saved, seed, variant):
+    """Point the kept image at the kept copy of its backing file."""
+    image = os.path.join(saved, f"seed{seed}", "image." + variant.fmt)
+    if variant.backing and os.path.exists(image):
+        ci.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "qcow2",
+                "-b", os.path.join(saved, "backing.qcow2"), image], ok=(0, 1))
+
+
 def variant_seed(name):
     return zlib.crc32(name.encode()) & 0xFFFF
 
@@ -241,7 +250,7 @@ def main():
                 it.run()
                 print(f"ok   {variant.name} seed={seed} " + " ".join(it.notes), flush=True)
                 shutil.rmtree(workdir)
-            except AssertionError as e:
+            except (AssertionError, nbd.Error, OSError, subprocess.SubprocessError) as e:
                 failures.append(seed)
                 if it is not None and it.server.pid is not None:
                     it.server.kill()
@@ -250,6 +259,7 @@ def main():
                 shutil.copytree(top, saved, ignore=shutil.ignore_patterns("seed*", "nbd.sock"))
                 shutil.copytree(workdir, os.path.join(saved, f"seed{seed}"),
                                 ignore=shutil.ignore_patterns("nbd.sock"))
+                keep_backing_link(saved, seed, variant)
                 notes = " ".join(it.notes) if it else ""
                 print(f"FAIL {variant.name} seed={seed} {notes}\n{e}\n"
                       f"  reproduce: QNBD={os.environ['QNBD']} /usr/bin/python3 {sys.argv[0]} "

@@ -42,10 +42,15 @@ class Workload:
         if r < 0.35:    # anywhere: mostly allocating writes
             count = self.rng.randint(1, 16)
             first = self.rng.randrange(0, BLOCKS - count)
-        elif r < 0.65:  # hot clusters: sub-cluster writes racing in one cluster
+        elif r < 0.5:   # hot clusters: sub-cluster writes racing in one cluster
             count = self.rng.randint(1, 4)
             first = self.hot_base * BLOCKS_PER_CLUSTER + self.rng.randrange(
                 0, HOT_CLUSTERS * BLOCKS_PER_CLUSTER - count)
+        elif r < 0.65:  # aligned half clusters: a zero or trim of one half racing a
+            # write to the other must not be widened to the whole cluster
+            count = BLOCKS_PER_CLUSTER // 2
+            first = (self.hot_base + self.rng.randrange(HOT_CLUSTERS)) * BLOCKS_PER_CLUSTER \
+                + self.rng.choice([0, count])
         elif r < 0.9:   # partial clusters over backing/prefilled data: copy-on-write
             count = self.rng.randint(1, 8)
             first = self.rng.randrange(0, self.over_limit - count)
