@@ -16,15 +16,15 @@ namespace {
 
 constexpr std::size_t kMaxChain = 64;
 
-// qemu's qcow2_detect_metadata_preallocation: the last allocated cluster
-// lies far beyond what the file really occupies.
+// qemu's qcow2_detect_metadata_preallocation: more clusters have a refcount
+// than the file really occupies.
 bool detect_metadata_prealloc(const std::string& path, const qcow2::check::ImageMeta& m,
-                              std::uint64_t last_cluster) {
+                              std::uint64_t used_clusters) {
   struct stat st {};
   if (::stat(path.c_str(), &st) < 0) return false;
   const std::uint64_t real = static_cast<std::uint64_t>(st.st_blocks) * 512 / m.cluster_size();
   const std::uint64_t threshold = std::max(real * 10 / 9, real + 2);
-  return last_cluster > threshold;
+  return used_clusters >= threshold;
 }
 
 }  // namespace
@@ -58,21 +58,20 @@ void ImageChain::open_layer(const std::string& path, const std::string& format) 
       throw Fatal(fmt::format("Could not open '{}': {}", path, e.what()));
     }
     l.size = l.meta.header.size;
-    // The highest cluster with a refcount (qemu's qcow2_get_last_cluster).
-    std::uint64_t last = 0;
+    // Clusters below the end of the file that have a refcount.
+    std::uint64_t used = 0;
     const auto& g = l.meta.geo;
+    const std::uint64_t end_cluster = (l.file_size + g.cluster_size() - 1) / g.cluster_size();
     for (std::uint64_t i = 0; i < l.meta.reftable.size(); ++i) {
       const std::uint64_t off = reftable_block_offset(l.meta.reftable[i]);
-      if (!off || !g.cluster_aligned(off)) continue;
+      const std::uint64_t first = i * g.refblock_entries();
+      if (!off || !g.cluster_aligned(off) || first >= end_cluster) continue;
       std::vector<std::byte> b(g.cluster_size());
       if (!run_.run(l.file->read_at(off, b))) continue;
-      for (std::uint64_t j = g.refblock_entries(); j-- > 0;)
-        if (get_refcount(b.data(), g.refcount_order(), j)) {
-          last = std::max(last, i * g.refblock_entries() + j);
-          break;
-        }
+      for (std::uint64_t j = 0; j < g.refblock_entries() && first + j < end_cluster; ++j)
+        used += get_refcount(b.data(), g.refcount_order(), j) != 0;
     }
-    l.metadata_prealloc = detect_metadata_prealloc(path, l.meta, last);
+    l.metadata_prealloc = detect_metadata_prealloc(path, l.meta, used);
   } else {
     l.size = l.file_size;
   }

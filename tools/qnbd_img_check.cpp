@@ -105,9 +105,12 @@ int cmd_check(const Args& args) {
     r.leaks_fixed = fixed.leaks_fixed;
     r.corruptions_fixed = fixed.corruptions_fixed;
   }
-  if (r.check_errors && !r.failure.empty() && r.total_clusters == 0) {
-    // The image could not even be opened.
-    std::fprintf(stderr, "qnbd-img: Could not open '%s': %s\n", path.c_str(), r.failure.c_str());
+  if (!r.failure.empty()) {
+    // The check stopped early (qemu: bdrv_check returned an error): no report.
+    if (r.total_clusters == 0 && r.image_end_offset == 0 && r.allocated_clusters == 0)
+      std::fprintf(stderr, "qnbd-img: Could not open '%s': %s\n", path.c_str(), r.failure.c_str());
+    else
+      std::fprintf(stderr, "qnbd-img: Check failed: %s\n", r.failure.c_str());
     return 1;
   }
   if (!quiet) {
@@ -115,10 +118,7 @@ int cmd_check(const Args& args) {
     else print_human(r);
   }
   if (r.check_errors) {
-    if (!r.failure.empty())
-      std::fprintf(stderr, "qnbd-img: Check failed: %s\n", r.failure.c_str());
-    else
-      std::fprintf(stderr, "qnbd-img: Check failed\n");
+    std::fprintf(stderr, "qnbd-img: Check failed\n");
     return 1;
   }
   return qcow2::check::exit_code(r);

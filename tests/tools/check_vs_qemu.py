@@ -1,0 +1,149 @@
+"""qnbd-img check against qemu-img check on the same images: clean ones,
+leaking ones and ones corrupted by editing bytes (refcount too low or zero,
+L2 entry past EOF, overlap into the L1 table, unaligned offsets, reserved
+bits). Exit codes, counters and messages must agree, in check-only mode and
+with -r leaks / -r all (each on its own copy); after qnbd-img check -r all,
+qemu-img check must report what it reports after its own repair (clean
+wherever qemu can repair, and also past-EOF entries, which qnbd-img turns
+into zero clusters), and the guest data must equal qemu's repaired copy and,
+where the corruption only touched refcounts, the copy taken before it."""
+import os
+import shutil
+
+from imgtest import (Qcow2, check, check_eq, check_json, cleanup, counts, finish, qemu_img,
+                     qemu_io, qnbd, tmpdir)
+
+WORK = tmpdir()
+
+
+def base_image(name, *create_opts, snapshot=False):
+    img = os.path.join(WORK, name)
+    qemu_img("create", "-q", "-f", "qcow2", *create_opts, img, "8M")
+    qemu_io(img, "write -P 0x11 0 192k", "write -P 0x22 1M 64k", "write -P 0x33 2M 64k",
+            "write -P 0x44 3M 64k", "write -z 3M 64k", "discard 64k 64k",
+            "write -P 0x55 5M 4k")
+    if snapshot:
+        qemu_img("snapshot", "-c", "snap", img)
+        qemu_io(img, "write -P 0x66 1M 4k")
+    return img
+
+
+def s_clean(img, q):
+    pass
+
+
+def s_leak(img, q):
+    # The cluster freed by the discard gets a refcount again.
+    freed = os.path.getsize(img) // q.cluster_size
+    os.truncate(img, (freed + 1) * q.cluster_size)
+    q.set_refcount(freed, 1)
+    q.set_refcount(q.host_offset(5 << 20) >> q.cluster_bits, 3)
+
+
+def s_refcount_zero(img, q):
+    q.set_refcount(q.host_offset(1 << 20) >> q.cluster_bits, 0)
+
+
+def s_refcount_low(img, q):
+    # Shared with the snapshot (refcount 2), on disk 1.
+    q.set_refcount(q.host_offset(0) >> q.cluster_bits, 1)
+
+
+def s_past_eof(img, q):
+    pos = q.l2_entry_pos(2 << 20)
+    e = q.read64(pos)
+    beyond = (os.path.getsize(img) // q.cluster_size + 16) * q.cluster_size
+    q.write64(pos, (e & ~0x00fffffffffffe00) | beyond)
+
+
+def s_overlap_l1(img, q):
+    pos = q.l2_entry_pos(1 << 20)
+    q.write64(pos, (q.read64(pos) & ~0x00fffffffffffe00) | q.l1_offset)
+
+
+def s_unaligned_data(img, q):
+    pos = q.l2_entry_pos(0)
+    q.write64(pos, q.read64(pos) + 0x200)
+
+
+def s_unaligned_prealloc(img, q):
+    # 3M was written, then zeroed without unmap: a preallocated zero cluster.
+    pos = q.l2_entry_pos(3 << 20)
+    check(q.read64(pos) & 1, "3M is a preallocated zero cluster")
+    q.write64(pos, q.read64(pos) + 0x200)
+
+
+def s_reserved_bits(img, q):
+    pos = q.l2_entry_pos(5 << 20)
+    q.write64(pos, q.read64(pos) | 0x2)
+
+
+# name, scenario, snapshot?, data after -r all must equal: "pristine" (the
+# copy before the corruption), "qemu" (qemu's repaired copy) or None (the
+# entry stays unreadable for both tools)
+SCENARIOS = [
+    ("clean", s_clean, False, "pristine"),
+    ("clean-snapshot", s_clean, True, "pristine"),
+    ("leak", s_leak, False, "pristine"),
+    ("refcount-zero", s_refcount_zero, False, "pristine"),
+    ("refcount-low", s_refcount_low, True, "pristine"),
+    ("past-eof", s_past_eof, False, "qemu"),
+    ("overlap-l1", s_overlap_l1, False, "qemu"),
+    ("unaligned-data", s_unaligned_data, False, None),
+    ("unaligned-prealloc", s_unaligned_prealloc, False, "pristine"),
+    ("reserved-bits", s_reserved_bits, False, "qemu"),
+]
+
+
+def messages(stderr):
+    return sorted(l for l in stderr.splitlines()
+                  if l and not l.startswith(("qemu-img:", "qnbd-img:")))
+
+
+def copy(src, tag):
+    dst = src + "." + tag
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def compare_modes(name, img):
+    """Check-only and -r leaks / -r all on copies; returns the two -r all copies."""
+    for mode in ([], ["-r", "leaks"], ["-r", "all"]):
+        ours, theirs = copy(img, "ours" + "".join(mode)), copy(img, "qemu" + "".join(mode))
+        rc1, d1, e1 = check_json("qnbd", ours, *mode)
+        rc2, d2, e2 = check_json("qemu", theirs, *mode)
+        label = f"{name} check {' '.join(mode) or '(no repair)'}"
+        print(f"{label}: qnbd rc={rc1} qemu rc={rc2}", flush=True)
+        if name == "past-eof" and mode == ["-r", "all"]:
+            check_eq(rc1, 0, label + ": qnbd-img repairs past-EOF entries")
+            check_eq(rc2, 2, label + ": qemu-img leaves them")
+        else:
+            check_eq(rc1, rc2, label + ": exit code")
+            check_eq(counts(d1), counts(d2), label + ": counters")
+            check_eq(messages(e1), messages(e2), label + ": messages")
+        if mode == ["-r", "all"]:
+            return ours, theirs
+
+
+def main():
+    for name, scenario, snap, same_data in SCENARIOS:
+        img = base_image(name + ".qcow2", snapshot=snap)
+        pristine = copy(img, "pristine")
+        scenario(img, Qcow2(img))
+        ours, theirs = compare_modes(name, img)
+        rc_after, _, _ = qemu_img("check", ours, ok=None)
+        rc_qemu_after, _, _ = qemu_img("check", theirs, ok=None)
+        expected = 0 if name == "past-eof" else rc_qemu_after
+        check_eq(rc_after, expected, f"{name}: qemu-img check after qnbd-img check -r all")
+        if same_data is None:
+            continue
+        rc, out, err = qemu_img("compare", ours, theirs, ok=None)
+        check_eq(rc, 0, f"{name}: data after qnbd-img -r all == after qemu-img -r all ({out}{err})")
+        if same_data == "pristine":
+            rc, out, err = qemu_img("compare", ours, pristine, ok=None)
+            check_eq(rc, 0, f"{name}: data unchanged by corruption + repair ({out}{err})")
+    cleanup(WORK)
+    finish()
+
+
+main()

@@ -1,0 +1,108 @@
+"""qnbd-img info and map against qemu-img on images made by qemu-img and
+qemu-io: every cluster size, compat 0.10 and 1.1, refcount widths, extended
+L2, lazy refcounts, compressed images (zlib and zstd, via convert -c),
+backing chains of depth 1-3 over raw and qcow2 bases, internal snapshots,
+zero writes and discards, metadata preallocation. JSON output must be equal
+(as parsed data), human output equal line for line."""
+import json
+import os
+
+from imgtest import check_eq, cleanup, finish, qemu_img, qemu_io, qnbd, run, tmpdir
+
+WORK = tmpdir()
+
+
+def img_path(name):
+    return os.path.join(WORK, name)
+
+
+def fill(img, fmt="qcow2", base=0):
+    qemu_io(img, f"write -P 0x{0x10 + base:x} {base * 64}k 200k",
+            f"write -P 0x{0x20 + base:x} 1M 4k", f"write -z {2 + base}M 128k",
+            f"write -P 0x{0x30 + base:x} 3M 256k", f"discard 3M 64k",
+            f"write -z -u 3200k 64k", fmt=fmt)
+
+
+def compare(img):
+    name = os.path.basename(img)
+    for sub in ("info", "map"):
+        for out in ("json", "human"):
+            a = qnbd(sub, f"--output={out}", img, ok=None)
+            b = qemu_img(sub, f"--output={out}", img, ok=None)
+            label = f"{name}: {sub} --output={out}"
+            check_eq(a[0], b[0], label + " exit code")
+            if a[0] or b[0]:
+                continue
+            if out == "json":
+                check_eq(json.loads(a[1]), json.loads(b[1]), label)
+            else:
+                check_eq(a[1].splitlines(), b[1].splitlines(), label)
+
+
+def create(name, size, *opts):
+    img = img_path(name)
+    o = ["-o", ",".join(opts)] if opts else []
+    qemu_img("create", "-q", "-f", "qcow2", *o, img, size)
+    return img
+
+
+def main():
+    for cs in ("512", "4k", "64k", "2M"):
+        for opts in (["compat=0.10"], ["compat=1.1", "refcount_bits=1"],
+                     ["refcount_bits=64", "lazy_refcounts=on"]):
+            img = create(f"c{cs}-{len(opts)}-{opts[-1]}.qcow2", "5M", f"cluster_size={cs}", *opts)
+            fill(img)
+            compare(img)
+    for cs in ("16k", "64k", "1M"):
+        img = create(f"extl2-{cs}.qcow2", "5M", f"cluster_size={cs}", "extended_l2=on")
+        fill(img)
+        compare(img)
+    for prealloc in ("metadata", "falloc"):
+        img = create(f"prealloc-{prealloc}.qcow2", "5M", f"preallocation={prealloc}")
+        compare(img)
+        fill(img)
+        compare(img)
+    img = create("prealloc-extl2.qcow2", "5M", "preallocation=metadata", "extended_l2=on")
+    compare(img)
+
+    # Compressed.
+    src = img_path("src.raw")
+    qemu_img("create", "-q", "-f", "raw", src, "4M")
+    qemu_io(src, "write -P 0x5a 0 1M", "write -P 0 1M 1M", "write -P 0xa5 3M 512k", fmt="raw")
+    for ctype in ("zlib", "zstd"):
+        img = img_path(f"compressed-{ctype}.qcow2")
+        qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o",
+                 f"compression_type={ctype}", src, img)
+        compare(img)
+
+    # Backing chains over raw and qcow2 bases, depth 1-3.
+    for base_fmt in ("raw", "qcow2"):
+        base = img_path(f"base-{base_fmt}")
+        qemu_img("create", "-q", "-f", base_fmt, base, "3M")
+        qemu_io(base, "write -P 0x61 0 1M", "write -P 0x62 2M 512k", fmt=base_fmt)
+        lower, lower_fmt = os.path.basename(base), base_fmt
+        for depth in (1, 2, 3):
+            top = img_path(f"chain-{base_fmt}-{depth}.qcow2")
+            qemu_img("create", "-q", "-f", "qcow2", "-b", lower, "-F", lower_fmt, top,
+                     "4M" if depth < 3 else "5M")
+            qemu_io(top, f"write -P 0x{0x40 + depth:x} {depth * 192}k 64k",
+                    f"write -z {depth}M 64k", f"discard {depth * 512}k 64k")
+            compare(top)
+            lower, lower_fmt = os.path.basename(top), "qcow2"
+
+    # Internal snapshot, then more writes.
+    img = create("snap.qcow2", "5M")
+    fill(img)
+    qemu_img("snapshot", "-c", "first", img)
+    qemu_io(img, "write -P 0x99 0 64k", "discard 1M 64k")
+    compare(img)
+
+    # Raw images.
+    compare(src)
+    rc, _, err = qnbd("info", img_path("missing.qcow2"), ok=None)
+    check_eq(rc, 1, "info on a missing file fails")
+    cleanup(WORK)
+    finish()
+
+
+main()
