@@ -1,0 +1,66 @@
+// Plan of one allocating write inside one L2 table: per cluster, whether its
+// host cluster is kept or replaced, which byte span of it gets written (the
+// guest data plus the copy-on-write fill around it), and the L2 entry to
+// link afterwards. Planning is pure; fill() and writes() turn the plan into
+// I/O: one read of the old contents around the data (none if they read as
+// zeros) and one write per host-contiguous extent with old and new data
+// gathered in one iovec.
+#pragma once
+
+#include "common/task.h"
+#include "io/file.h"
+#include "qcow2/engine/refcounts.h"
+#include "qcow2/format/entries.h"
+
+#include <functional>
+#include <span>
+#include <vector>
+
+namespace qnbd::qcow2 {
+
+struct ClusterPlan {
+  std::uint64_t guest = 0;  // guest offset of the cluster
+  format::L2Entry old_entry;
+  bool keep = false;  // the existing host cluster is ours and stays
+  std::uint64_t host = 0;
+  std::uint64_t span_start = 0, span_end = 0;  // bytes written, within the cluster
+  bool changes_metadata = false;
+  bool free_old_cluster = false;
+  bool free_old_compressed = false;
+  format::L2Entry new_entry;
+};
+
+class CowPlan {
+ public:
+  using ReadFn = std::function<task<>(std::uint64_t guest, std::span<std::byte>)>;
+
+  CowPlan(const format::Geometry& g, std::uint64_t offset, std::uint64_t length);
+
+  std::uint64_t first_cluster() const { return first_; }
+  std::uint64_t last_cluster() const { return last_; }
+  // Adds the next cluster's current entry; false if the entry is invalid.
+  bool add_cluster(const format::L2Entry& e);
+  std::uint64_t new_clusters() const;
+  // Gives the replaced clusters their new host clusters, in order.
+  void assign_hosts(const std::vector<HostRun>& runs);
+  const std::vector<ClusterPlan>& clusters() const { return clusters_; }
+
+  // Guest range written in total (data plus fill).
+  std::uint64_t hull_start() const;
+  std::uint64_t hull_end() const;
+  // Reads the fill around the data through `read` (what the guest range
+  // reads as now): one read when head and tail are close, else two.
+  task<> fill(ReadFn read);
+  // One write per host-contiguous extent. The plan must outlive the tasks.
+  std::vector<task<>> writes(io::File& file, std::span<const std::byte> data);
+
+ private:
+  format::Geometry g_;
+  std::uint64_t offset_, end_;
+  std::uint64_t first_, last_;
+  std::vector<ClusterPlan> clusters_;
+  std::vector<std::byte> head_, tail_;
+  std::vector<std::vector<iovec>> iovs_;
+};
+
+}  // namespace qnbd::qcow2

@@ -1,0 +1,108 @@
+// Image state, and the ordered metadata write-back that every FLUSH, FUA and
+// close goes through (see the crash rules in image.h).
+#include "qcow2/engine/image.h"
+
+#include "qcow2/format/endian.h"
+
+#include <spdlog/spdlog.h>
+
+namespace qnbd::qcow2 {
+
+using namespace format;
+
+Image::Image(std::unique_ptr<io::File> file, Header header, std::vector<std::uint64_t> l1,
+             std::vector<std::uint64_t> reftable, std::unique_ptr<BlockBackend> backing,
+             ImageConfig cfg)
+    : file_(std::move(file)),
+      header_(std::move(header)),
+      g_(header_.geometry()),
+      l1_(std::move(l1)),
+      backing_(std::move(backing)),
+      backing_size_(backing_ ? backing_->size() : 0),
+      l2_cache_(*file_, g_.cluster_size(), cfg.l2_cache_tables),
+      refcounts_(*file_, g_, header_.refcount_table_offset, header_.refcount_table_clusters,
+                 std::move(reftable), cfg.refcount_cache_tables),
+      name_(std::move(cfg.name)),
+      read_only_(cfg.read_only) {}
+
+result<> Image::check_writable() const {
+  if (read_only_) return make_error_code(errc::read_only);
+  if (corrupt_) return make_error_code(errc::corrupt_image);
+  return {};
+}
+
+// Before the first change: autoclear bits we do not maintain (bitmaps, and
+// any unknown one) are cleared durably, as the spec requires of a writer.
+task<> Image::mark_modified() {
+  if (modified_) co_return result<>{};
+  auto guard = co_await meta_.lock();
+  if (modified_) co_return result<>{};
+  if (header_.version >= 3 && header_.autoclear_features) {
+    spdlog::info("{}: clearing autoclear feature bits {:#x} (bitmaps are not maintained)", name_,
+                 header_.autoclear_features);
+    std::byte zero[8] = {};
+    if (auto r = co_await file_->write_at(HDR_AUTOCLEAR_FEATURES, zero); !r) co_return r;
+    if (auto r = co_await file_->sync(); !r) co_return r;
+    header_.autoclear_features = 0;
+  }
+  modified_ = true;
+  co_return result<>{};
+}
+
+// Keeps the number of dirty tables bounded by writing back early.
+task<> Image::after_update() {
+  if (l2_cache_.dirty_count() * 4 < l2_cache_.capacity() * 3) co_return result<>{};
+  co_return co_await flush();
+}
+
+task<> Image::flush() {
+  if (read_only_) co_return result<>{};
+  auto guard = co_await meta_.lock();
+  co_return co_await flush_metadata();
+}
+
+task<> Image::flush_metadata() {
+  const bool l2_dirty = l2_cache_.dirty_count() > 0;
+  const bool l1_dirty = !l1_dirty_.empty();
+  bool synced = false;
+  if (refcounts_.dirty() || l2_dirty || l1_dirty) {
+    // Stage 1: data and refcounts durable before any L2/L1 points at them.
+    if (auto r = co_await refcounts_.write_back(); !r) co_return r;
+    synced = true;
+  }
+  if (l2_dirty) {  // stage 2
+    if (auto r = co_await l2_cache_.write_dirty(); !r) co_return r;
+    if (auto r = co_await file_->sync(); !r) co_return r;
+  }
+  if (l1_dirty) {  // stage 3: each run of dirty entries in one write
+    auto it = l1_dirty_.begin();
+    while (it != l1_dirty_.end()) {
+      const std::uint64_t first = *it;
+      std::uint64_t last = first;
+      while (++it != l1_dirty_.end() && *it == last + 1) last = *it;
+      std::vector<std::byte> buf((last - first + 1) * 8);
+      for (std::uint64_t i = first; i <= last; ++i) store_be64(buf.data() + (i - first) * 8, l1_[i]);
+      if (auto r = co_await file_->write_at(header_.l1_table_offset + first * 8, buf); !r)
+        co_return r;
+    }
+    if (auto r = co_await file_->sync(); !r) co_return r;
+    l1_dirty_.clear();
+  }
+  // Stage 4: references dropped above are durable; now the refcounts fall.
+  if (refcounts_.has_deferred())
+    if (auto r = co_await refcounts_.apply_deferred(); !r) co_return r;
+  if (!synced) co_return co_await file_->sync();
+  co_return result<>{};
+}
+
+task<> Image::close() {
+  if (read_only_) co_return result<>{};
+  auto guard = co_await meta_.lock();
+  if (auto r = co_await flush_metadata(); !r) co_return r;
+  // Frees applied in stage 4 dirtied refcount blocks: write them too.
+  if (refcounts_.dirty())
+    if (auto r = co_await refcounts_.write_back(); !r) co_return r;
+  co_return result<>{};
+}
+
+}  // namespace qnbd::qcow2

@@ -1,0 +1,123 @@
+// One open qcow2 image: header, active L1 table, L2 and refcount caches, the
+// backing image, and the request operations. The BlockBackend adapter
+// (qcow2_backend.h) forwards to it.
+//
+// Concurrency (one io_context): reads take no lock; they copy what the L2
+// tables say and do I/O outside any lock. Requests that change mappings
+// claim their guest clusters (Inflight), take the metadata lock only to
+// allocate and to link L2 entries, and do data I/O with the lock released.
+// flush_metadata() holds the lock for its whole ordered sequence.
+//
+// Crash ordering (DESIGN rules 1-2), enforced by flush_metadata():
+//   1. data written and refcount blocks (then refcount table, header) durable
+//   2. then dirty L2 tables, sync
+//   3. then dirty L1 entries, sync
+//   4. then frees deferred by L2/L1 changes are applied (refcount--), so a
+//      cluster is reused only after nothing durable references it.
+#pragma once
+
+#include "backend/block_backend.h"
+#include "io/file.h"
+#include "qcow2/engine/coro_sync.h"
+#include "qcow2/engine/inflight.h"
+#include "qcow2/engine/refcounts.h"
+#include "qcow2/engine/table_cache.h"
+#include "qcow2/format/entries.h"
+#include "qcow2/format/header.h"
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace qnbd::qcow2 {
+
+// What a guest range currently reads as.
+enum class MapKind { Data, Zero, Backing, Compressed };
+struct MapRun {
+  std::uint64_t guest;
+  std::uint64_t length;
+  MapKind kind;
+  std::uint64_t host = 0;      // Data: host offset of `guest`
+  format::L2Entry entry{};     // Compressed: the L2 entry
+};
+
+struct ImageConfig {
+  std::string name;  // for log messages
+  bool read_only = false;
+  std::size_t l2_cache_tables = 16;
+  std::size_t refcount_cache_tables = 16;
+};
+
+class Image {
+ public:
+  Image(std::unique_ptr<io::File> file, format::Header header, std::vector<std::uint64_t> l1,
+        std::vector<std::uint64_t> reftable, std::unique_ptr<BlockBackend> backing,
+        ImageConfig cfg);
+
+  std::uint64_t size() const { return header_.size; }
+  bool read_only() const { return read_only_; }
+  const format::Header& header() const { return header_; }
+  const format::Geometry& geometry() const { return g_; }
+
+  task<> read(std::uint64_t offset, std::span<std::byte> buf);
+  task<> write(std::uint64_t offset, std::span<const std::byte> buf, bool fua);
+  task<> write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim, bool fast,
+                      bool fua);
+  task<> trim(std::uint64_t offset, std::uint64_t length, bool fua);
+  task<> flush();
+  task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length);
+  task<> close();
+
+  // Mapping of [offset, offset+length), merged into runs (exposed for tests).
+  task<std::vector<MapRun>> map_range(std::uint64_t offset, std::uint64_t length);
+
+ private:
+  friend class Writer;
+  // ---- mapping (mapping.cpp)
+  task<std::shared_ptr<Table>> l2_table_for(std::uint64_t guest);  // null if none
+  result<MapKind> classify(const format::L2Entry& e, unsigned sc, std::uint64_t& host) const;
+  error_code corrupt(const std::string& what);
+
+  // ---- reads (read.cpp)
+  task<> read_runs(const std::vector<MapRun>& runs, std::uint64_t base, std::span<std::byte> buf);
+  task<> read_backing(std::uint64_t guest, std::span<std::byte> buf);
+  task<> read_compressed(format::L2Entry e, std::uint64_t guest, std::span<std::byte> buf);
+
+  // ---- writes (write.cpp)
+  task<> write_piece(std::uint64_t offset, std::span<const std::byte> buf);
+  task<> write_in_place(std::uint64_t offset, std::span<const std::byte> buf,
+                        const std::vector<std::uint64_t>& hosts);
+  task<> write_allocating(std::uint64_t offset, std::span<const std::byte> buf);
+  // Under the metadata lock: an L2 table of our own (COPIED) for `guest`.
+  task<std::shared_ptr<Table>> writable_l2(std::uint64_t guest);
+  task<> write_zero_data(std::uint64_t offset, std::uint64_t length);
+
+  // ---- zeroes and discard (zero.cpp)
+  task<> zero_piece(std::uint64_t offset, std::uint64_t length, bool unmap);
+  task<> discard_piece(std::uint64_t offset, std::uint64_t length);
+
+  // ---- metadata write-back (image.cpp)
+  task<> flush_metadata();
+  task<> mark_modified();
+  task<> after_update();
+  result<> check_writable() const;
+
+  std::unique_ptr<io::File> file_;
+  format::Header header_;
+  format::Geometry g_;
+  std::vector<std::uint64_t> l1_;
+  std::set<std::uint64_t> l1_dirty_;
+  std::unique_ptr<BlockBackend> backing_;
+  std::uint64_t backing_size_ = 0;
+  TableCache l2_cache_;
+  Refcounts refcounts_;
+  Inflight inflight_;
+  AsyncMutex meta_;
+  std::string name_;
+  bool read_only_;
+  bool corrupt_ = false;
+  bool modified_ = false;
+};
+
+}  // namespace qnbd::qcow2

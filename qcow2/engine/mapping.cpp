@@ -1,0 +1,95 @@
+// Guest → host mapping from the L1/L2 tables: runs of subclusters of one
+// kind, merged while the host side stays contiguous. Entries are validated
+// here, at use, because images are untrusted.
+#include "qcow2/engine/image.h"
+
+#include <spdlog/spdlog.h>
+
+namespace qnbd::qcow2 {
+
+using namespace format;
+
+error_code Image::corrupt(const std::string& what) {
+  if (!corrupt_) spdlog::error("{}: corrupt image: {}; further writes refused", name_, what);
+  corrupt_ = true;
+  return make_error_code(errc::corrupt_image);
+}
+
+task<std::shared_ptr<Table>> Image::l2_table_for(std::uint64_t guest) {
+  const std::uint64_t i = g_.l1_index(guest);
+  if (i >= l1_.size()) co_return corrupt("guest offset beyond the L1 table");
+  const std::uint64_t e = l1_[i];
+  const std::uint64_t off = l1_l2_offset(e);
+  if (off == 0) co_return std::shared_ptr<Table>{};
+  if (!g_.cluster_aligned(off) || l1_reserved_bits_set(e))
+    co_return corrupt(fmt::format("L1 entry {} is invalid ({:#x})", i, e));
+  co_return co_await l2_cache_.get(off);
+}
+
+// Kind of subcluster `sc` of entry `e`; for Data, `host` gets the host
+// offset of the start of the cluster.
+result<MapKind> Image::classify(const L2Entry& e, unsigned sc, std::uint64_t& host) const {
+  switch (subcluster_type(g_, e, sc)) {
+    case SubclusterType::UnallocatedPlain:
+    case SubclusterType::UnallocatedAlloc:
+      return backing_ ? MapKind::Backing : MapKind::Zero;
+    case SubclusterType::ZeroPlain:
+    case SubclusterType::ZeroAlloc: return MapKind::Zero;
+    case SubclusterType::Compressed: return MapKind::Compressed;
+    case SubclusterType::Normal:
+      host = l2_host_offset(e);
+      if (!g_.cluster_aligned(host) || l2_reserved_bits_set(g_, e))
+        return make_error_code(errc::corrupt_image);
+      return MapKind::Data;
+    case SubclusterType::Invalid: break;
+  }
+  return make_error_code(errc::corrupt_image);
+}
+
+task<std::vector<MapRun>> Image::map_range(std::uint64_t offset, std::uint64_t length) {
+  std::vector<MapRun> runs;
+  auto add = [&](MapRun r) {
+    if (!runs.empty()) {
+      MapRun& p = runs.back();
+      const bool contiguous = p.kind == r.kind && p.guest + p.length == r.guest &&
+                              (r.kind != MapKind::Data || p.host + p.length == r.host) &&
+                              r.kind != MapKind::Compressed;
+      const bool same_compressed = r.kind == MapKind::Compressed && p.kind == r.kind &&
+                                   p.entry == r.entry && p.guest + p.length == r.guest &&
+                                   g_.cluster_index(p.guest) == g_.cluster_index(r.guest);
+      if (contiguous || same_compressed) {
+        p.length += r.length;
+        return;
+      }
+    }
+    runs.push_back(r);
+  };
+  const std::uint64_t end = offset + length;
+  std::uint64_t pos = offset;
+  while (pos < end) {
+    const std::uint64_t piece_end = std::min(end, (pos / g_.l2_coverage() + 1) * g_.l2_coverage());
+    auto table = co_await l2_table_for(pos);
+    if (!table) co_return table.error();
+    if (!*table) {
+      add({pos, piece_end - pos, backing_ ? MapKind::Backing : MapKind::Zero});
+      pos = piece_end;
+      continue;
+    }
+    while (pos < piece_end) {
+      const L2Entry e = load_l2(g_, (*table)->data.data(), g_.l2_index(pos));
+      const unsigned sc = g_.subcluster_index(pos);
+      const std::uint64_t sc_end =
+          std::min(piece_end, (pos / g_.subcluster_size() + 1) * g_.subcluster_size());
+      std::uint64_t host = 0;
+      auto kind = classify(e, sc, host);
+      if (!kind)
+        co_return corrupt(fmt::format("invalid L2 entry {:#x}/{:#x} for guest offset {:#x}",
+                                      e.entry, e.bitmap, pos));
+      add({pos, sc_end - pos, *kind, host + g_.offset_in_cluster(pos), e});
+      pos = sc_end;
+    }
+  }
+  co_return runs;
+}
+
+}  // namespace qnbd::qcow2

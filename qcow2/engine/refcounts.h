@@ -1,0 +1,85 @@
+// Reference counts of host clusters: the refcount table (in memory, written
+// whole when it changes), refcount blocks through a TableCache, cluster
+// allocation, and frees deferred until the tables that stopped referencing a
+// cluster are durable (crash rule 2).
+//
+// Every method that changes state runs under the image's metadata lock.
+//
+// Allocation is first fit from the lowest free cluster, one cluster at a
+// time, so freed clusters are reused whatever size later requests have (no
+// REF-/REF+ leak: a multi-cluster request may get several host runs). A
+// missing refcount block is placed at the first free cluster of the range it
+// describes, so it describes itself; a full refcount table is replaced by a
+// bigger copy in free space, switched to by a header update at flush.
+#pragma once
+
+#include "common/task.h"
+#include "io/file.h"
+#include "qcow2/engine/table_cache.h"
+#include "qcow2/format/geometry.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace qnbd::qcow2 {
+
+struct HostRun {
+  std::uint64_t offset;  // bytes
+  std::uint64_t clusters;
+};
+
+class Refcounts {
+ public:
+  Refcounts(io::File& file, const format::Geometry& g, std::uint64_t reftable_offset,
+            std::uint32_t reftable_clusters, std::vector<std::uint64_t> reftable,
+            std::size_t cache_tables);
+
+  task<std::uint64_t> get(std::uint64_t cluster);
+  // Adds `delta` (may be negative) to a cluster's refcount, now.
+  task<> update(std::uint64_t cluster, std::int64_t delta);
+  // Allocates n clusters with refcount 1, lowest free first.
+  task<std::vector<HostRun>> allocate(std::uint64_t n);
+  // Frees after the next metadata flush made the dropped references durable.
+  void defer_free_cluster(std::uint64_t host_offset) {
+    defer_free_bytes(host_offset, g_.cluster_size());
+  }
+  // Compressed data: every cluster the byte range touches loses one reference.
+  void defer_free_bytes(std::uint64_t host_offset, std::uint64_t bytes);
+
+  // Flush stage 1 (data and refcounts first): refcount blocks, sync, then a
+  // changed refcount table, sync, then a moved table in the header, sync.
+  task<> write_back();
+  bool dirty() const { return cache_.dirty_count() || reftable_dirty_ || header_dirty_; }
+  // Flush stage 4: apply deferred frees (their L2/L1 are durable now) and
+  // punch holes for clusters whose refcount fell to zero.
+  task<> apply_deferred();
+  bool has_deferred() const { return !deferred_.empty(); }
+
+  std::uint64_t reftable_offset() const { return reftable_offset_; }
+
+ private:
+  struct Range {
+    std::uint64_t first, count;  // clusters
+    bool contains(std::uint64_t c) const { return c >= first && c < first + count; }
+  };
+  task<std::shared_ptr<Table>> block_for(std::uint64_t cluster, bool create, Range avoid);
+  task<> ensure_block(std::uint64_t reftable_index, Range avoid);
+  task<> set(std::uint64_t cluster, std::uint64_t value, Range avoid);
+  task<std::uint64_t> find_free(std::uint64_t from, std::uint64_t n, Range avoid);
+  task<> grow_table(std::uint64_t min_entries);
+  std::uint64_t max_clusters() const;
+
+  io::File& file_;
+  format::Geometry g_;
+  std::uint64_t reftable_offset_;
+  std::uint32_t reftable_clusters_;
+  std::vector<std::uint64_t> reftable_;
+  TableCache cache_;
+  bool reftable_dirty_ = false;
+  bool header_dirty_ = false;
+  std::vector<Range> old_tables_;  // freed once the header points elsewhere
+  std::vector<Range> deferred_;    // in bytes: {offset, length}
+  std::uint64_t free_index_ = 0;
+};
+
+}  // namespace qnbd::qcow2

@@ -1,0 +1,63 @@
+// A cache of cluster-sized metadata tables (L2 tables or refcount blocks)
+// keyed by host offset. A miss loads asynchronously; concurrent misses on one
+// table share the load; other tables stay usable meanwhile. Dirty tables are
+// never evicted: they leave only through write_dirty(), which the image's
+// flush sequence calls in the order the crash rules demand.
+//
+// Callers hold a shared_ptr while they use a table; a held table is never
+// evicted. Mutations must be followed by mark_dirty() before the caller next
+// suspends.
+#pragma once
+
+#include "common/task.h"
+#include "io/file.h"
+#include "qcow2/engine/coro_sync.h"
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+namespace qnbd::qcow2 {
+
+struct Table {
+  std::uint64_t offset = 0;
+  std::vector<std::byte> data;
+  bool dirty = false;
+  bool loading = false;
+  std::uint64_t last_use = 0;
+  error_code load_error;
+  WaitQueue loaded;
+};
+
+class TableCache {
+ public:
+  TableCache(io::File& file, std::size_t table_size, std::size_t capacity);
+
+  // The table at `offset`, loaded from the file on a miss.
+  task<std::shared_ptr<Table>> get(std::uint64_t offset);
+  // A new all-zero table at `offset` (no read), already dirty.
+  std::shared_ptr<Table> create(std::uint64_t offset);
+  void mark_dirty(Table& t);
+  // Forgets a table (its cluster was freed); a dirty copy is discarded.
+  void drop(std::uint64_t offset);
+
+  std::size_t dirty_count() const { return dirty_; }
+  std::size_t capacity() const { return capacity_; }
+  // Writes every dirty table, sorted by offset, adjacent tables in one
+  // vectored write. Does not sync. Tables stay cached, now clean.
+  task<> write_dirty();
+
+ private:
+  void touch(Table& t) { t.last_use = ++clock_; }
+  void evict_if_needed();
+
+  io::File& file_;
+  std::size_t table_size_;
+  std::size_t capacity_;
+  std::size_t dirty_ = 0;
+  std::uint64_t clock_ = 0;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Table>> tables_;
+};
+
+}  // namespace qnbd::qcow2

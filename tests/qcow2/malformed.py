@@ -1,0 +1,153 @@
+#!/usr/bin/python3
+"""Malformed and hostile qcow2 images: a clear one-line error, never a crash.
+
+Each case edits bytes of an image made by qemu-img, then opens it with the
+engine (tests/qcow2/qcow2-driver) and checks the exit status and message.
+"""
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+DRIVER = os.environ["QCOW2_DRIVER"]
+
+
+def run(*args, stdin=None):
+    return subprocess.run(args, input=stdin, capture_output=True, text=True)
+
+
+def make(path, opts="cluster_size=65536", size="4M", backing=None):
+    args = ["qemu-img", "create", "-q", "-f", "qcow2", "-o", opts]
+    if backing:
+        args += ["-b", backing, "-F", "qcow2"]
+    assert run(*args, path, size).returncode == 0
+    assert run("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 128k", path).returncode == 0
+
+
+def poke(path, offset, fmt, value):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(fmt, value))
+
+
+def peek(path, offset, fmt):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+
+def expect_open_error(path, needle, failures, name):
+    p = run(DRIVER, "open", path)
+    if p.returncode < 0 or p.returncode not in (2,):
+        failures.append(f"{name}: exit {p.returncode}, stderr {p.stderr!r}")
+    elif needle not in p.stderr or len(p.stderr.strip().splitlines()) != 1:
+        failures.append(f"{name}: expected one line with {needle!r}, got {p.stderr!r}")
+
+
+def expect_io_error(path, failures, name):
+    """Opens fine, but reading the damaged part fails cleanly."""
+    p = run(DRIVER, "dump", path, path + ".dump")
+    if p.returncode != 1 or "corrupt" not in p.stderr:
+        failures.append(f"{name}: expected a clean read error, exit {p.returncode} {p.stderr!r}")
+
+
+def header_cases(tmp, failures):
+    cases = [
+        ("bad-magic", 0, ">I", 0x12345678, "not a qcow2 image"),
+        ("version-4", 4, ">I", 4, "unsupported qcow2 version 4"),
+        ("cluster-bits-30", 20, ">I", 30, "unsupported cluster size"),
+        ("incompat-bit-5", 72, ">Q", 1 << 5, "unsupported incompatible feature bit 5 (unknown)"),
+        ("data-file-bit", 72, ">Q", 1 << 2, "external data file"),
+        ("refcount-order-7", 96, ">I", 7, "reference count entry width too large"),
+        ("header-length-100", 100, ">I", 100, "qcow2 header too short"),
+        ("l1-size-huge", 36, ">I", 0x7fffffff, "active L1 table too large"),
+        ("l1-too-small", 36, ">I", 0, "L1 table is too small"),
+        ("l1-unaligned", 40, ">Q", 0x30001, "active L1 table offset invalid"),
+        ("l1-beyond-eof", 40, ">Q", 1 << 40, "active L1 table lies beyond the end of the file"),
+        ("l1-over-header", 40, ">Q", 0, "active L1 table overlaps the qcow2 header"),
+        ("reftable-zero", 56, ">I", 0, "does not contain a reference count table"),
+        ("reftable-huge", 56, ">I", 0x10000000, "reference count table too large"),
+        ("reftable-beyond-eof", 48, ">Q", 1 << 40, "reference count table lies beyond the end"),
+        ("snapshots-huge", 60, ">I", 1 << 20, "snapshot table too large"),
+        ("snapshots-beyond-eof", 64, ">Q", 1 << 40, "snapshot table"),
+        ("backing-offset-huge", 8, ">Q", 1 << 20, "invalid backing file offset"),
+        ("size-huge", 24, ">Q", 1 << 63, "image is too big"),
+    ]
+    for name, off, fmt, value, needle in cases:
+        img = f"{tmp}/{name}.qcow2"
+        make(img)
+        if name == "snapshots-beyond-eof":
+            poke(img, 60, ">I", 1)
+        poke(img, off, fmt, value)
+        expect_open_error(img, needle, failures, name)
+
+
+def backing_cases(tmp, failures):
+    # Protocol and json: names are never followed.
+    for i, bad in enumerate(["json:{\"file.filename\":\"/etc/passwd\"}", "nbd:localhost:10809",
+                             "file:base.qcow2"]):
+        img = f"{tmp}/proto{i}.qcow2"
+        assert run("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", bad, "-F", "raw",
+                   img, "4M").returncode == 0
+        expect_open_error(img, "is not a plain file path", failures, f"protocol-{i}")
+    # A loop: a -> b -> a.
+    a, b = f"{tmp}/loop-a.qcow2", f"{tmp}/loop-b.qcow2"
+    make(a)
+    make(b, backing="loop-a.qcow2")
+    assert run("qemu-img", "rebase", "-u", "-f", "qcow2", "-b", "loop-b.qcow2", "-F", "qcow2",
+               a).returncode == 0
+    expect_open_error(b, "backing chain loop", failures, "loop")
+    missing = f"{tmp}/missing.qcow2"
+    assert run("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "nowhere.qcow2", "-F",
+               "qcow2", missing, "4M").returncode == 0
+    expect_open_error(missing, "No such file", failures, "missing-backing")
+
+
+def table_cases(tmp, failures):
+    # Damaged L1/L2 entries: the image opens, the damaged reads fail cleanly.
+    img = f"{tmp}/l1-unaligned-entry.qcow2"
+    make(img)
+    l1 = peek(img, 40, ">Q")
+    poke(img, l1, ">Q", peek(img, l1, ">Q") | 0x100)
+    expect_io_error(img, failures, "l1-entry-unaligned")
+    img = f"{tmp}/l2-reserved.qcow2"
+    make(img)
+    l2 = peek(img, peek(img, 40, ">Q"), ">Q") & 0x00fffffffffffe00
+    poke(img, l2, ">Q", peek(img, l2, ">Q") | 0x2)
+    expect_io_error(img, failures, "l2-entry-reserved-bits")
+
+
+def flag_cases(tmp, failures):
+    # Corrupt and dirty images are served read-only.
+    for name, bit in [("corrupt", 1 << 1), ("dirty", 1 << 0)]:
+        img = f"{tmp}/{name}.qcow2"
+        make(img)
+        poke(img, 72, ">Q", bit)
+        p = run(DRIVER, "ops", img, stdin="write 0 512 1\n")
+        if p.returncode != 1 or "read-only" not in p.stderr:
+            failures.append(f"{name}: write should fail read-only: {p.returncode} {p.stderr!r}")
+        p = run(DRIVER, "dump", img, img + ".dump")
+        if p.returncode != 0:
+            failures.append(f"{name}: reads should work: {p.stderr!r}")
+    img = f"{tmp}/truncated.qcow2"
+    with open(img, "wb") as f:
+        f.write(b"QFI\xfb\x00\x00")
+    expect_open_error(img, "too short", failures, "truncated")
+
+
+def main():
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="qnbd-qcow2-bad.") as tmp:
+        header_cases(tmp, failures)
+        backing_cases(tmp, failures)
+        table_cases(tmp, failures)
+        flag_cases(tmp, failures)
+    for f in failures:
+        print("FAIL", f)
+    print("malformed:", "ok" if not failures else f"{len(failures)} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
