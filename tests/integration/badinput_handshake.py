@@ -7,6 +7,7 @@ import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nbd  # noqa: E402
 import nbd_wire as w  # noqa: E402
 from badinput_common import Fixture  # noqa: E402
 import qnbd_harness as h  # noqa: E402
@@ -148,6 +149,32 @@ def test_abandoned_connections(tmp):
         fx.assert_healthy()
 
 
+def test_connection_flood(tmp):
+    # More clients than the default limit (100): the extra ones are closed,
+    # the admitted ones and, afterwards, new ones are served.
+    with Fixture(tmp) as fx:
+        conns, greeted = [], 0
+        for _ in range(130):
+            c = connect(fx)
+            try:
+                c.greeting()
+                greeted += 1
+            except w.Closed:
+                pass
+            conns.append(c)
+        assert greeted == 100, f"{greeted} of 130 clients admitted (default limit is 100)"
+        for c in conns:
+            c.close()
+        # Admission frees up as the server notices the closes; each try is answered.
+        deadline = h.time.monotonic() + 10
+        while True:
+            try:
+                fx.assert_healthy()
+                break
+            except nbd.Error:
+                assert h.time.monotonic() < deadline, "server did not recover from the flood"
+
+
 def test_abort_option(tmp):
     with Fixture(tmp) as fx:
         c = connect(fx)
@@ -167,4 +194,4 @@ if __name__ == "__main__":
     h.main([test_garbage_instead_of_handshake, test_unknown_client_flags_disconnect,
             test_oversized_option_length_disconnects, test_long_export_names,
             test_served_names_of_256_and_4096_bytes, test_malformed_options_get_errors,
-            test_abandoned_connections, test_abort_option])
+            test_abandoned_connections, test_connection_flood, test_abort_option])

@@ -73,17 +73,19 @@ class Conn:
     def send(self, data):
         self.sock.sendall(data)
 
-    def recv_exact(self, n):
-        buf = bytearray()
-        while len(buf) < n:
+    def recv_exact(self, n, into=None):
+        """n bytes; into a caller's reusable bytearray (returned) when given."""
+        buf = bytearray(n) if into is None else into
+        view, got = memoryview(buf), 0
+        while got < n:
             try:
-                chunk = self.sock.recv(n - len(buf))
+                k = self.sock.recv_into(view[got:n])
             except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                raise Closed(f"closed after {len(buf)} of {n} bytes")
-            buf += chunk
-        return bytes(buf)
+                k = 0
+            if k == 0:
+                raise Closed(f"closed after {got} of {n} bytes")
+            got += k
+        return bytes(buf) if into is None else buf
 
     def is_closed_by_server(self):
         """True once the server has closed: reads to EOF (discarding data). Times out if not."""
@@ -138,10 +140,10 @@ class Conn:
     def request(self, cmd, offset, length, flags=0, cookie=1, payload=b"", magic=REQUEST_MAGIC):
         self.send(struct.pack(">IHHQQI", magic, flags, cmd, cookie, offset, length) + payload)
 
-    def reply(self, read_length=0):
+    def reply(self, read_length=0, into=None):
         magic, error, cookie = struct.unpack(">IIQ", self.recv_exact(16))
         assert magic == SIMPLE_REPLY_MAGIC, hex(magic)
-        data = self.recv_exact(read_length) if error == 0 and read_length else b""
+        data = self.recv_exact(read_length, into) if error == 0 and read_length else b""
         return error, cookie, data
 
     def read(self, offset, length, cookie=7):

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 
 MiB = 1024 * 1024

@@ -150,6 +150,38 @@ def test_unix_and_tcp_together(tmp):
             c.shutdown()
 
 
+def peak_rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_inflight_memory_bounded(tmp):
+    """32 pipelined 32 MiB reads (1 GiB of replies) on one connection: the
+    server must apply back-pressure instead of buffering them all."""
+    img = h.make_sparse_image(os.path.join(tmp, "disk.raw"), 64 * h.MiB,
+                              [(0, h.MiB), (32 * h.MiB, h.MiB)])
+    with h.Server(tmp, img) as srv:
+        before = peak_rss(srv.pid)
+        c = w.Conn.unix(srv.sock, timeout=60).handshake("")
+        for i in range(32):  # all requests first, replies read only afterwards
+            c.request(w.CMD_READ, (i % 2) * 32 * h.MiB, 32 * h.MiB, cookie=i)
+        seen, buf = set(), bytearray(32 * h.MiB)
+        for _ in range(32):
+            error, cookie, data = c.reply(32 * h.MiB, into=buf)
+            assert error == 0 and cookie not in seen, (error, cookie)
+            seen.add(cookie)
+            if cookie in (0, 1):  # spot-check content of each offset once
+                off = (cookie % 2) * 32 * h.MiB
+                assert data[:4096] == h.pattern(off, 4096) and data[-4096:] == bytes(4096)
+        c.close()
+        grown = peak_rss(srv.pid) - before
+        print(f"  server peak RSS grew by {grown // h.MiB} MiB for 1 GiB of pipelined reads")
+        assert grown < 256 * h.MiB, f"server buffered {grown // h.MiB} MiB: no back-pressure"
+
+
 def startup_error(argv):
     p = subprocess.run([h.server_binary()] + argv, capture_output=True, text=True, timeout=30)
     assert p.returncode != 0, f"{argv}: exit 0"
@@ -182,4 +214,4 @@ def test_startup_errors(tmp):
 if __name__ == "__main__":
     h.main([test_max_connections, test_handshake_timeout, test_sigterm_drains,
             test_sigint_drains, test_cache_none_o_direct, test_startup_errors,
-            test_bind_addresses, test_unix_and_tcp_together])
+            test_bind_addresses, test_unix_and_tcp_together, test_inflight_memory_bounded])
