@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -226,4 +227,51 @@ TEST_CASE("read-only export: flags say so") {
     CHECK(nbd_can_fast_zero(h) == 0);
     check_reads_pattern(h, kData[1]);
     NBD_OK(nbd_shutdown(h, 0));
+}
+
+TEST_CASE("YAML config: TCP and Unix listeners, default export, relative paths, independent exports") {
+    TempDir dir;
+    make_sparse_image(dir.file("d.raw"), 16 * MiB, {{0, 64 * KiB}}, 4);
+    make_sparse_image(dir.file("r.raw"), 16 * MiB, {{0, 64 * KiB}}, 5);
+    make_sparse_image(dir.file("w.raw"), 16 * MiB, {{0, 64 * KiB}}, 6);
+    const int port = free_tcp_port();
+    const std::string path = dir.file("qnbd.yaml");
+    {
+        std::ofstream y(path);
+        y << "listen: {host: 127.0.0.1, port: " << port << ", unix: " << dir.file("nbd.sock") << "}\n"
+          << "max_connections: 10\n"
+          << "exports:\n"
+          << "  - {name: \"\", path: d.raw, format: raw}\n"
+          << "  - {name: ro, path: r.raw, format: raw, read_only: true}\n"
+          << "  - {name: w, path: w.raw, format: raw, cache: none}\n";
+    }
+    Server server(dir, ServerOptions::from_config(path));
+
+    Handle tcp;  // the default export, over TCP
+    NBD_OK(nbd_connect_tcp(tcp, "127.0.0.1", std::to_string(port).c_str()));
+    std::vector<std::uint8_t> buf(4096);
+    NBD_OK(nbd_pread(tcp, buf.data(), buf.size(), 0, 0));
+    CHECK(buf == pattern(0, 4096, 4));
+
+    Handle w;
+    NBD_OK(nbd_set_export_name(w, "w"));
+    NBD_OK(nbd_connect_unix(w, server.socket().c_str()));
+    auto data = pattern(1 * MiB, 64 * KiB, 7);
+    NBD_OK(nbd_pwrite(w, data.data(), data.size(), 1 * MiB, LIBNBD_CMD_FLAG_FUA));
+    CHECK(read_file(dir.file("w.raw"), 1 * MiB, data.size()) == data);
+    // The other exports' files are untouched.
+    CHECK(read_file(dir.file("d.raw"), 1 * MiB, data.size()) == std::vector<std::uint8_t>(data.size()));
+    CHECK(read_file(dir.file("r.raw"), 1 * MiB, data.size()) == std::vector<std::uint8_t>(data.size()));
+
+    Handle ro;
+    NBD_OK(nbd_set_export_name(ro, "ro"));
+    NBD_OK(nbd_connect_unix(ro, server.socket().c_str()));
+    CHECK(nbd_is_read_only(ro) == 1);
+    NBD_OK(nbd_set_strict_mode(ro, 0));
+    CHECK(nbd_pwrite(ro, data.data(), 4096, 0, 0) == -1);
+    CHECK(nbd_get_errno() == EPERM);
+    NBD_OK(nbd_pread(ro, buf.data(), buf.size(), 0, 0));
+    CHECK(buf == pattern(0, 4096, 5));
+    for (nbd_handle* h : {static_cast<nbd_handle*>(tcp), static_cast<nbd_handle*>(w), static_cast<nbd_handle*>(ro)})
+        NBD_OK(nbd_shutdown(h, 0));
 }
