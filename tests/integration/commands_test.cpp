@@ -81,6 +81,38 @@ std::vector<Extent> block_status(nbd_handle* h, std::uint64_t off, std::uint64_t
     return out;
 }
 
+// The whole range, asking again where the server's answer stopped (it may
+// describe less than was asked).
+std::vector<Extent> map_all(nbd_handle* h, std::uint64_t off, std::uint64_t len) {
+    std::vector<Extent> all;
+    std::uint64_t pos = off;
+    while (pos < off + len) {
+        auto part = block_status(h, pos, off + len - pos, 0);
+        REQUIRE(!part.empty());
+        for (auto& e : part) {
+            REQUIRE(e.length > 0);
+            REQUIRE(e.offset == pos);
+            all.push_back(e);
+            pos += e.length;
+        }
+    }
+    return all;
+}
+
+// Every extent agrees with the file system wherever the two overlap.
+void check_against_file(const std::vector<Extent>& extents, const std::vector<std::pair<Range, bool>>& truth) {
+    for (auto& e : extents) {
+        CAPTURE(e.offset);
+        CAPTURE(e.length);
+        for (auto& [r, is_data] : truth) {
+            if (e.offset < r.offset + r.length && r.offset < e.offset + e.length) {
+                CAPTURE(r.offset);
+                CHECK(e.flags == (is_data ? 0u : LIBNBD_STATE_HOLE | LIBNBD_STATE_ZERO));
+            }
+        }
+    }
+}
+
 }  // namespace
 
 TEST_CASE("READ: data, holes, and ranges spanning both") {
@@ -211,20 +243,8 @@ TEST_CASE("BLOCK_STATUS base:allocation on a sparse file, with and without REQ_O
     auto truth = file_extents(env.image);
     REQUIRE(truth.size() == 5);  // data hole data hole data
 
-    auto extents = block_status(*h, 0, kSize, 0);
-    REQUIRE(!extents.empty());
-    std::uint64_t covered = 0;
-    for (auto& e : extents) {
-        CAPTURE(e.offset);
-        CHECK(e.length > 0);
-        covered = e.offset + e.length;
-        for (auto& [r, is_data] : truth) {  // every extent agrees with the file where they overlap
-            if (e.offset < r.offset + r.length && r.offset < e.offset + e.length) {
-                CHECK(e.flags == (is_data ? 0u : LIBNBD_STATE_HOLE | LIBNBD_STATE_ZERO));
-            }
-        }
-    }
-    CHECK(covered >= kSize);
+    auto extents = map_all(*h, 0, kSize);
+    check_against_file(extents, truth);
 
     for (auto& [r, is_data] : truth) {
         CAPTURE(r.offset);
@@ -271,4 +291,47 @@ TEST_CASE("CACHE succeeds and changes nothing") {
         NBD_OK(nbd_shutdown(*h, 0));
     }
     CHECK(read_file(env.image, 0, 1 * MiB) == pattern(0, 1 * MiB));
+}
+
+TEST_CASE("BLOCK_STATUS on a fragmented file: 200 extents, all correct") {
+    TempDir dir;
+    std::vector<Range> data;
+    for (std::uint64_t i = 0; i < 100; ++i) data.push_back({i * 128 * KiB, 64 * KiB});
+    auto image = make_sparse_image(dir.file("disk.raw"), kSize, data);
+    Server server(dir, ServerOptions::serving(image));
+    Handle h;
+    NBD_OK(nbd_add_meta_context(h, "base:allocation"));
+    NBD_OK(nbd_connect_unix(h, server.socket().c_str()));
+    auto truth = file_extents(image);
+    REQUIRE(truth.size() == 200);  // 100 data, 100 holes (the last runs to the end)
+    auto extents = map_all(h, 0, kSize);
+    CHECK(extents.size() >= 200);
+    check_against_file(extents, truth);
+    // An unaligned window inside the fragments.
+    check_against_file(map_all(h, 3 * MiB + 1000, 1 * MiB), truth);
+    NBD_OK(nbd_shutdown(h, 0));
+}
+
+TEST_CASE("WRITE_ZEROES and TRIM larger than the maximum payload") {
+    TempDir dir;
+    const std::uint64_t size = 64 * MiB;
+    auto image = make_sparse_image(dir.file("disk.raw"), size, {{0, size}});
+    Server server(dir, ServerOptions::serving(image));
+    for (bool structured : {true, false}) {
+        CAPTURE(structured);
+        Handle h;
+        NBD_OK(nbd_set_request_structured_replies(h, structured));
+        NBD_OK(nbd_connect_unix(h, server.socket().c_str()));
+        const std::uint64_t off = structured ? 0 : 8 * MiB, len = 48 * MiB;  // > 32 MiB
+        // The spec lets a server refuse these (EINVAL/EOVERFLOW) but not disconnect;
+        // qemu-img and nbdcopy send them, so qnbd is expected to do them.
+        NBD_OK(nbd_zero(h, len, off, 0));
+        CHECK(all_zero(read_file(image, off, len)));
+        CHECK(read_file(image, off + len, 64 * KiB) == pattern(off + len, 64 * KiB));
+        NBD_OK(nbd_trim(h, len, off, 0));
+        std::vector<std::uint8_t> buf(4096);
+        NBD_OK(nbd_pread(h, buf.data(), buf.size(), size - 4096, 0));
+        CHECK(buf == pattern(size - 4096, 4096));
+        NBD_OK(nbd_shutdown(h, 0));
+    }
 }
