@@ -73,6 +73,9 @@ def test_long_export_names(tmp):
             c.greeting()
             c.client_flags()
             assert c.go("n" * length) == w.REP_ERR_UNKNOWN, f"name of {length} bytes"
+            # An error message echoing the name must still be a valid string (CVE-2020-10761).
+            assert len(c.last_reply) <= 4096, len(c.last_reply)
+            c.last_reply.decode("utf-8")
             # Connection still negotiating: the real name still works on it.
             assert c.go("disk") == w.REP_ACK
             assert c.read(0, 4096) == (0, h.pattern(0, 4096))
@@ -123,9 +126,32 @@ def test_malformed_options_get_errors(tmp):
         # Info request count claims more entries than present.
         c.option(w.OPT_INFO, struct.pack(">I", 4) + b"disk" + struct.pack(">H", 50))
         assert c.option_reply()[1] == w.REP_ERR_INVALID
+        # No TLS here: STARTTLS is refused, not half-done.
+        c.option(w.OPT_STARTTLS)
+        assert c.option_reply()[1] in (w.REP_ERR_UNSUP, w.REP_ERR_POLICY)
         # After all that, the same connection negotiates and reads.
         assert c.go("disk") == w.REP_ACK
         assert c.read(0, 65536) == (0, h.pattern(0, 65536))
+        c.close()
+        fx.assert_healthy()
+
+
+def test_many_options(tmp):
+    # A client may not keep a connection in negotiation forever with cheap
+    # options: each gets ERR_UNSUP, or the server hangs up after enough.
+    with Fixture(tmp) as fx:
+        c = connect(fx)
+        c.greeting()
+        c.client_flags()
+        answered = 0
+        try:
+            for i in range(2000):
+                c.option(0x1000 + i, b"x" * 100)
+                assert c.option_reply()[1] == w.REP_ERR_UNSUP
+                answered += 1
+        except (w.Closed, BrokenPipeError, ConnectionResetError):
+            pass
+        print(f"  {answered} unknown options answered before the end")
         c.close()
         fx.assert_healthy()
 
@@ -194,4 +220,4 @@ if __name__ == "__main__":
     h.main([test_garbage_instead_of_handshake, test_unknown_client_flags_disconnect,
             test_oversized_option_length_disconnects, test_long_export_names,
             test_served_names_of_256_and_4096_bytes, test_malformed_options_get_errors,
-            test_abandoned_connections, test_connection_flood, test_abort_option])
+            test_many_options, test_abandoned_connections, test_connection_flood, test_abort_option])

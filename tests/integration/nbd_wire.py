@@ -17,11 +17,13 @@ OPT_ABORT = 2
 OPT_LIST = 3
 OPT_INFO = 6
 OPT_GO = 7
+OPT_STARTTLS = 5
 
 REP_ACK = 1
 REP_SERVER = 2
 REP_INFO = 3
 REP_ERR_UNSUP = 0x80000001
+REP_ERR_POLICY = 0x80000002
 REP_ERR_INVALID = 0x80000003
 REP_ERR_UNKNOWN = 0x80000006
 REP_ERR_TOO_BIG = 0x80000009
@@ -54,6 +56,7 @@ class Conn:
         self.sock = sock
         self.tflags = None
         self.size = None
+        self.last_reply = b""  # payload of the final option reply (error messages)
 
     @classmethod
     def unix(cls, path, timeout=10):
@@ -127,6 +130,7 @@ class Conn:
             if rtype == REP_INFO and struct.unpack(">H", data[:2])[0] == INFO_EXPORT:
                 self.size, self.tflags = struct.unpack(">QH", data[2:12])
             elif rtype != REP_INFO:
+                self.last_reply = data
                 return rtype
 
     def handshake(self, name=""):
