@@ -96,14 +96,19 @@ class Iteration:
         kill_at = rng.randint(0, nops)
         over = 12288 if self.variant.backing else 4096
         hot = rng.randrange(0, ci.BLOCKS // ci.BLOCKS_PER_CLUSTER - HOT_CLUSTERS)
+        conns = rng.choice([1, 1, 2])
         self.server.start()
-        h = nbd.NBD()
-        h.connect_unix(self.server.sock)
-        w = Workload(h, self.model, rng, nops, depth, kill_at, self.server.kill, hot, over)
+        handles = [nbd.NBD()]
+        handles[0].connect_unix(self.server.sock)
+        if conns > 1 and handles[0].can_multi_conn():
+            handles.append(nbd.NBD())
+            handles[1].connect_unix(self.server.sock)
+        w = Workload(handles, self.model, rng, nops, depth, kill_at, self.server.kill, hot, over)
         w.run()
-        del h
+        del handles
         acked = sum(o.acked is not None for o in self.model.ops)
-        self.notes.append(f"ops={len(self.model.ops)}/{nops} depth={depth} kill_at={kill_at} "
+        self.notes.append(f"conns={len(w.handles)} ops={len(self.model.ops)}/{nops} "
+                          f"depth={depth} kill_at={kill_at} "
                           f"acked={acked} flush_every={w.flush_every} fua={w.fua_rate}")
         if w.errors_before_kill:
             raise AssertionError(f"error replies before the kill: {w.errors_before_kill[:5]}\n"

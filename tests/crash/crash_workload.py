@@ -4,6 +4,8 @@ Every request is recorded in an ImageModel with two client-side event numbers:
 when it was sent and when its successful reply arrived. The kill point is a
 count of completed replies, so no timing or sleeps are involved.
 """
+import select
+
 import nbd
 
 from crash_images import BLOCKS, BLOCKS_PER_CLUSTER
@@ -14,9 +16,14 @@ HOT_CLUSTERS = 6
 
 
 class Workload:
-    def __init__(self, handle, model, rng, nops, depth, kill_at, kill, hot_base,
+    """Requests go to one or more connections; with several, the server must
+    advertise MULTI_CONN, so a FLUSH on any connection covers writes acknowledged
+    on all of them (the model does not care which connection carried what)."""
+
+    def __init__(self, handles, model, rng, nops, depth, kill_at, kill, hot_base,
                  over_backing_limit):
-        self.h, self.model, self.rng = handle, model, rng
+        self.handles, self.model, self.rng = handles, model, rng
+        handle = handles[0]
         self.nops, self.depth, self.kill_at, self.kill_fn = nops, depth, kill_at, kill
         self.hot_base = hot_base
         self.over_limit = over_backing_limit
@@ -93,6 +100,7 @@ class Workload:
         return done
 
     def _issue(self, op):
+        h = self.rng.choice(self.handles)
         flags = nbd.CMD_FLAG_FUA if op.fua else 0
         buf = None
         op.issued = self._tick()
@@ -106,15 +114,15 @@ class Workload:
                                 for b in range(op.first, op.first + op.count))
             buf = nbd.Buffer.from_bytearray(bytearray(data))
             self.inflight[op.index] = (op, buf)
-            self.h.aio_pwrite(buf, offset, completion=cb, flags=flags)
+            h.aio_pwrite(buf, offset, completion=cb, flags=flags)
         elif op.kind == "zero":
             if self.rng.random() < 0.3:
                 flags |= nbd.CMD_FLAG_NO_HOLE
-            self.h.aio_zero(length, offset, completion=cb, flags=flags)
+            h.aio_zero(length, offset, completion=cb, flags=flags)
         elif op.kind == "trim":
-            self.h.aio_trim(length, offset, completion=cb, flags=flags)
+            h.aio_trim(length, offset, completion=cb, flags=flags)
         else:
-            self.h.aio_flush(completion=cb)
+            h.aio_flush(completion=cb)
 
     def _maybe_kill(self):
         if self.killed:
@@ -137,10 +145,31 @@ class Workload:
             if not self.inflight:
                 break
             try:
-                self.h.poll(-1)
+                self._poll()
             except nbd.Error:
                 if not self.killed:
                     raise
-                if self.h.aio_is_dead() or self.h.aio_is_closed():
+                if all(h.aio_is_dead() or h.aio_is_closed() for h in self.handles):
                     break  # whatever is still in flight was never acknowledged
         return self
+
+    def _poll(self):
+        if len(self.handles) == 1:
+            self.handles[0].poll(-1)
+            return
+        readers, writers = {}, {}
+        for h in self.handles:
+            if h.aio_is_dead() or h.aio_is_closed():
+                continue
+            d = h.aio_get_direction()
+            if d & nbd.AIO_DIRECTION_READ:
+                readers[h.aio_get_fd()] = h
+            if d & nbd.AIO_DIRECTION_WRITE:
+                writers[h.aio_get_fd()] = h
+        if not readers and not writers:
+            raise nbd.Error("no connection left to poll", 107)
+        r, w, _ = select.select(list(readers), list(writers), [])
+        for fd in r:
+            readers[fd].aio_notify_read()
+        for fd in w:
+            writers[fd].aio_notify_write()
