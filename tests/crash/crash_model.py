@@ -48,7 +48,7 @@ def render(value):
             rec = _RECORD.pack(MAGIC, seed & 0xFFFFFFFF, op, block, s, check)
             sectors.append(rec * RECORDS_PER_SECTOR)
         data = b"".join(sectors)
-        if len(_cache) > 200000:
+        if len(_cache) > 16384:  # 64 MiB
             _cache.clear()
         _cache[value] = data
     return data
@@ -56,6 +56,21 @@ def render(value):
 
 def render_range(values):
     return b"".join(render(v) for v in values)
+
+
+_images = {}
+
+
+def render_image(values):
+    """All blocks of `values` as one bytes object, memoised for the few initial
+    images a run compares against over and over."""
+    key = id(values)
+    hit = _images.get(key)
+    if hit is None or hit[0] is not values:
+        if len(_images) >= 4:
+            _images.clear()
+        hit = _images[key] = (values, b"".join(render(v) for v in values))
+    return hit[1]
 
 
 def describe(data):

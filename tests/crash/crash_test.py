@@ -24,7 +24,8 @@ import zlib
 import nbd
 
 import crash_images as ci
-from crash_model import BLOCK, ImageModel, Op, describe, describe_value, render, stamp
+from crash_model import (BLOCK, ImageModel, Op, describe, describe_value, render,
+                         render_image, stamp)
 from crash_server import Server, become_subreaper, is_reference
 from crash_workload import HOT_CLUSTERS, Workload
 
@@ -37,10 +38,12 @@ def compare(data, model, durable, where):
     if len(data) != ci.VIRTUAL_SIZE:
         return [f"{where}: read {len(data)} bytes, expected {ci.VIRTUAL_SIZE}"]
     touched = model.by_block
+    initial = render_image(model.initial)
     for b in range(ci.BLOCKS):
-        got = data[b * BLOCK:(b + 1) * BLOCK]
+        start, end = b * BLOCK, (b + 1) * BLOCK
+        got = data[start:end]
         if b not in touched:
-            if got != render(model.initial[b]):
+            if got != initial[start:end]:
                 failures.append(f"{where}: untouched block {b} holds {describe(got)}, "
                                 f"expected {describe_value(model.initial[b])}")
         else:

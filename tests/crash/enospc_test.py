@@ -13,6 +13,7 @@ fail with EFBIG, one of them part-way (a short write). Required:
 import argparse
 import errno
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -138,22 +139,26 @@ def verify_after_restart(fmt, image, model, durable, top):
             raise AssertionError("\n".join(bad))
         print(f"{fmt}: qemu-img check exit {check.rc} ({check.leaks} leaks), data as acknowledged")
     server = Server(top, image, fmt).start()
-    h = nbd.NBD()
-    h.connect_unix(server.sock)
-    rec = Recorder(h, model)
-    restart_first = len(model.ops)
-    chunk = 4 * ci.MiB
-    data = b"".join(h.pread(chunk, off) for off in range(0, ci.VIRTUAL_SIZE, chunk))
-    bad = compare(data, model, durable, "qnbd restarted after ENOSPC")
-    if bad:
-        raise AssertionError("\n".join(bad))
-    for first in (ci.BLOCKS - 3 * CLUSTER_BLOCKS, ci.BLOCKS - 1):  # now the file may grow
-        if not rec.write(first, 1):
-            raise AssertionError(f"write after restart without limit failed: {rec.first_error}")
-    if not rec.flush():
-        raise AssertionError(f"flush after restart failed: {rec.first_error}")
-    del h
-    server.stop()
+    try:
+        h = nbd.NBD()
+        h.connect_unix(server.sock)
+        rec = Recorder(h, model)
+        restart_first = len(model.ops)
+        chunk = 4 * ci.MiB
+        data = b"".join(h.pread(chunk, off) for off in range(0, ci.VIRTUAL_SIZE, chunk))
+        bad = compare(data, model, durable, "qnbd restarted after ENOSPC")
+        if bad:
+            raise AssertionError("\n".join(bad))
+        for first in (ci.BLOCKS - 3 * CLUSTER_BLOCKS, ci.BLOCKS - 1):  # now the file may grow
+            if not rec.write(first, 1):
+                raise AssertionError(f"write after restart without limit: {rec.first_error}")
+        if not rec.flush():
+            raise AssertionError(f"flush after restart failed: {rec.first_error}")
+        del h
+        server.stop()
+    finally:
+        if server.pid is not None:
+            server.kill()
     durable = durable | {o.index for o in model.ops[restart_first:] if o.kind == "write"}
     if fmt == "qcow2":
         check = ci.qemu_img_check(image)
@@ -173,7 +178,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="qnbd-enospc-", dir=ci.scratch_root()) as top:
         try:
             run(args.format, top)
-        except AssertionError as e:
+        except (AssertionError, nbd.Error, OSError, subprocess.SubprocessError) as e:
             print(f"FAIL {args.format}: {e}")
             return 1
     server = "qemu-nbd (reference)" if is_reference() else "qnbd"
