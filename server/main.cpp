@@ -112,9 +112,6 @@ int main(int argc, char** argv) {
     config::Config cfg = server::parse_command_line(argc, argv);
     setup_logging(cfg.log_level);
     return serve(cfg);
-  } catch (const config::ConfigError& e) {
-    std::fprintf(stderr, "%s\n", e.what());  // already "qnbd: ..." or "FILE:LINE: ..."
-    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "qnbd: %s\n", e.what());
     return 1;
