@@ -92,7 +92,7 @@ class Server:
             rc = subprocess.call(self.cmd, stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL)
         if rc != 0:
-            raise ServerError(f"{' '.join(self.cmd)} exited {rc}: {self.log_tail()}")
+            raise ServerError(f"{self.cmd[0]} exited {rc}: {self.log_tail()}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.pid is None and os.path.exists(self.pidfile):
