@@ -96,7 +96,7 @@ class Op:
 
     def __init__(self, index, kind, first, count, fua):
         self.index = index
-        self.kind = kind          # "write", "zero", "trim", "flush"
+        self.kind = kind          # "write", "zero", "trim", "flush", "read"
         self.first = first        # first 4 KiB block
         self.count = count        # number of blocks
         self.fua = fua

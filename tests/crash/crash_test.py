@@ -113,6 +113,9 @@ class Iteration:
         self.notes.append(f"conns={len(w.handles)} ops={len(self.model.ops)}/{nops} "
                           f"depth={depth} kill_at={kill_at} "
                           f"acked={acked} flush_every={w.flush_every} fua={w.fua_rate}")
+        if w.read_mismatches:
+            raise AssertionError("reads during the workload returned wrong data:\n"
+                                 + "\n".join(w.read_mismatches[:MAX_REPORTED]))
         if w.errors_before_kill:
             raise AssertionError(f"error replies before the kill: {w.errors_before_kill[:5]}\n"
                                  + self.server.log_tail())

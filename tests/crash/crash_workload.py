@@ -9,7 +9,7 @@ import select
 import nbd
 
 from crash_images import BLOCKS, BLOCKS_PER_CLUSTER
-from crash_model import BLOCK, Op, render_range
+from crash_model import BLOCK, Op, describe, describe_value, render, render_range
 
 # Hot clusters get many small overlapping-in-time writes to one cluster.
 HOT_CLUSTERS = 6
@@ -35,6 +35,7 @@ class Workload:
         self.completed = 0
         self.killed = False
         self.errors_before_kill = []
+        self.read_mismatches = []
         self.can = {"fua": handle.can_fua(), "trim": handle.can_trim(),
                     "zero": handle.can_zero()}
 
@@ -75,6 +76,8 @@ class Workload:
             kind = "zero"
         elif r < 0.22 and self.can["trim"]:
             kind = "trim"
+        elif r < 0.32:
+            kind = "read"
         fua = self.can["fua"] and self.rng.random() < self.fua_rate
         for _ in range(20):
             first, count = self._range()
@@ -84,10 +87,26 @@ class Workload:
 
     # ---- issuing and completing ----------------------------------------------
 
-    def _completion(self, op):
+    def _check_read(self, op, data):
+        """A read sees exactly what the completed requests left (nothing that
+        overlaps it is in flight), before any crash: no stale or torn data."""
+        done = {o.index for o in self.model.ops if o.acked is not None}
+        for i, b in enumerate(range(op.first, op.first + op.count)):
+            got = bytes(data[i * BLOCK:(i + 1) * BLOCK])
+            allowed, _ = self.model.allowed(b, done)
+            if not any(got == render(v) for v in allowed):
+                self.read_mismatches.append(
+                    f"{op}: block {b} read {describe(got)}, expected "
+                    f"{sorted(describe_value(v) for v in allowed)}; "
+                    f"ops on it: {self.model.by_block.get(b, [])}")
+
+    def _completion(self, op, buf=None):
         def done(err):
             err = int(getattr(err, "value", err))
-            if err == 0:
+            if err == 0 and op.kind == "read":
+                op.acked = self._tick()
+                self._check_read(op, buf.to_bytearray())
+            elif err == 0:
                 op.acked = self._tick()
             else:
                 op.error = err
@@ -104,12 +123,17 @@ class Workload:
         flags = nbd.CMD_FLAG_FUA if op.fua else 0
         buf = None
         op.issued = self._tick()
-        self.model.add(op)
+        if op.kind != "read":
+            self.model.add(op)
         self.inflight[op.index] = (op, None)
         self.busy.update(range(op.first, op.first + op.count))
         cb = self._completion(op)
         offset, length = op.first * BLOCK, op.count * BLOCK
-        if op.kind == "write":
+        if op.kind == "read":
+            buf = nbd.Buffer(length)
+            self.inflight[op.index] = (op, buf)
+            h.aio_pread(buf, offset, completion=self._completion(op, buf))
+        elif op.kind == "write":
             data = render_range(self.model.written_value(op, b)
                                 for b in range(op.first, op.first + op.count))
             buf = nbd.Buffer.from_bytearray(bytearray(data))
