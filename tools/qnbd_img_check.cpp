@@ -66,8 +66,22 @@ CheckResult run_check(const std::string& path, Fix fix, bool quiet_log) {
   auto file = open_file(run, path, fix != Fix::none);
   qcow2::check::CheckOptions o;
   o.fix = fix;
-  if (!quiet_log) o.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
-  return run.run(qcow2::check::check_image(*file, o));
+  // A dirty image can produce millions of lines: write them in large
+  // blocks rather than one unbuffered write each.
+  std::string pending;
+  auto flush = [&] {
+    std::fwrite(pending.data(), 1, pending.size(), stderr);
+    pending.clear();
+  };
+  if (!quiet_log)
+    o.log = [&](const std::string& line) {
+      pending += line;
+      pending += '\n';
+      if (pending.size() >= (1u << 16)) flush();
+    };
+  CheckResult r = run.run(qcow2::check::check_image(*file, o));
+  flush();
+  return r;
 }
 
 }  // namespace

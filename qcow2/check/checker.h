@@ -43,14 +43,15 @@ class Checker {
   bool beyond_eof(std::uint64_t offset, std::uint64_t size) const;
   task<> check_l1(std::uint64_t l1_offset, std::uint32_t l1_size, bool active, Fix fix);
   task<> check_l2(std::uint64_t l2_offset, bool active, Fix fix);
-  task<> check_l2_entry(std::vector<std::byte>& table, std::uint64_t l2_offset, std::uint64_t i,
-                        bool active, Fix fix, std::uint64_t& next_contiguous);
+  // Counts and checks one entry without I/O; true if it must be rewritten
+  // to read as zeros (a repair the caller writes).
+  bool check_l2_entry(const std::vector<std::byte>& table, std::uint64_t i, bool active, Fix fix,
+                      std::uint64_t& next_contiguous);
+  bool can_zero_entries() const;
   task<> check_bitmaps();
   task<> check_refblocks(Fix fix, bool& rebuild);
-  // Rewrites L2 entry i to read as zeros without a host cluster; `done` is
-  // false when the image cannot express that (v2 with a backing file).
-  task<> zero_l2_entry(std::vector<std::byte>& table, std::uint64_t l2_offset, std::uint64_t i,
-                       bool& done);
+  // Rewrites L2 entry i to read as zeros without a host cluster.
+  task<> zero_l2_entry(std::vector<std::byte>& table, std::uint64_t l2_offset, std::uint64_t i);
 
   // compare.cpp
   task<> compare_refcounts(Fix fix, bool& rebuild, std::uint64_t& highest);

@@ -23,7 +23,20 @@ task<const std::byte*> DiskRefcounts::block_for(std::uint64_t cluster) {
   co_return it->second.data();
 }
 
+std::optional<std::uint64_t> DiskRefcounts::cached(std::uint64_t cluster) const {
+  const std::uint64_t index = meta_.geo.reftable_index(cluster);
+  if (index >= meta_.reftable.size()) return 0;
+  const std::uint64_t offset = format::reftable_block_offset(meta_.reftable[index]);
+  if (offset == 0) return 0;
+  if (!meta_.geo.cluster_aligned(offset)) return std::nullopt;  // get() reports the error
+  auto it = blocks_.find(index);
+  if (it == blocks_.end()) return std::nullopt;
+  return format::get_refcount(it->second.data(), meta_.geo.refcount_order(),
+                              meta_.geo.refblock_index(cluster));
+}
+
 task<std::uint64_t> DiskRefcounts::get(std::uint64_t cluster) {
+  if (auto v = cached(cluster)) co_return *v;
   auto b = co_await block_for(cluster);
   if (!b) co_return b.error();
   if (!*b) co_return std::uint64_t{0};

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <vector>
 
 namespace qnbd::qcow2::check {
@@ -20,6 +21,9 @@ class DiskRefcounts {
   // its refcounts are 0). Fails with EIO if the reftable entry is unaligned.
   task<const std::byte*> block_for(std::uint64_t cluster);
   task<std::uint64_t> get(std::uint64_t cluster);
+  // The refcount without I/O when its block is cached (or absent): the fast
+  // path for loops over millions of clusters.
+  std::optional<std::uint64_t> cached(std::uint64_t cluster) const;
   // Sets one counter in an existing refcount block and writes the block.
   task<> set(std::uint64_t cluster, std::uint64_t value);
   // Forgets cached blocks (after the refcount structure was replaced).

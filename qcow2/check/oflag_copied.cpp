@@ -62,7 +62,10 @@ task<> Checker::check_oflag_copied(Fix fix) {
       const L2Entry e = load_l2(geo(), table.data(), j);
       const ClusterType t = cluster_type(geo(), e);
       if (t != ClusterType::Normal && t != ClusterType::ZeroAlloc) continue;
-      auto drc = co_await disk_.get(l2_host_offset(e) >> geo().cluster_bits());
+      const std::uint64_t host_cluster = l2_host_offset(e) >> geo().cluster_bits();
+      result<std::uint64_t> drc = std::uint64_t{0};
+      if (auto c = disk_.cached(host_cluster)) drc = *c;
+      else drc = co_await disk_.get(host_cluster);
       if (!drc) continue;
       if ((*drc == 1) == l2_copied(e)) continue;
       ++res_.corruptions;

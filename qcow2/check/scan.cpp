@@ -106,41 +106,47 @@ task<> Checker::check_l2(std::uint64_t l2_offset, bool active, Fix fix) {
   }
   std::uint64_t next_contiguous = 0;
   for (std::uint64_t i = 0; i < geo().l2_entries(); ++i)
-    QNBD_CO_TRY(co_await check_l2_entry(table, l2_offset, i, active, fix, next_contiguous));
+    if (check_l2_entry(table, i, active, fix, next_contiguous))
+      QNBD_CO_TRY(co_await zero_l2_entry(table, l2_offset, i));
   co_return result<>{};
+}
+
+// Only v2 images with a backing file cannot say "reads as zeros" without a
+// host cluster (an unallocated entry would show the backing file).
+bool Checker::can_zero_entries() const {
+  return geo().extended_l2() || meta_.header.version >= 3 || meta_.header.backing_file.empty();
 }
 
 task<> Checker::zero_l2_entry(std::vector<std::byte>& table, std::uint64_t l2_offset,
-                              std::uint64_t i, bool& done) {
-  done = false;
-  L2Entry e = load_l2(geo(), table.data(), i);
+                              std::uint64_t i) {
+  const L2Entry e = load_l2(geo(), table.data(), i);
   L2Entry z;
-  if (geo().extended_l2()) {
+  if (geo().extended_l2())
     z.bitmap = l2_compressed(e) ? QCOW_L2_BITMAP_ALL_ZEROES
                                 : ((e.bitmap | (e.bitmap << 32)) & QCOW_L2_BITMAP_ALL_ZEROES);
-  } else if (meta_.header.version >= 3) {
+  else if (meta_.header.version >= 3)
     z.entry = QCOW_OFLAG_ZERO;
-  } else if (!meta_.header.backing_file.empty()) {
-    co_return result<>{};
-  }
   store_l2(geo(), table.data(), i, z);
   const std::uint64_t at = i * geo().l2_entry_size();
-  QNBD_CO_TRY(co_await file_.write_at(
-      l2_offset + at, std::span<const std::byte>(table.data() + at, geo().l2_entry_size())));
-  done = true;
+  if (auto r = co_await file_.write_at(
+          l2_offset + at, std::span<const std::byte>(table.data() + at, geo().l2_entry_size()));
+      !r) {
+    say("ERROR: Failed to overwrite L2 table entry: {}", r.error().message());
+    ++res_.check_errors;
+    co_return r.error();
+  }
   co_return result<>{};
 }
 
-task<> Checker::check_l2_entry(std::vector<std::byte>& table, std::uint64_t l2_offset,
-                               std::uint64_t i, bool active, Fix fix,
-                               std::uint64_t& next_contiguous) {
+bool Checker::check_l2_entry(const std::vector<std::byte>& table, std::uint64_t i, bool active,
+                             Fix fix, std::uint64_t& next_contiguous) {
   L2Entry e = load_l2(geo(), table.data(), i);
   const ClusterType type = cluster_type(geo(), e);
   if (type != ClusterType::Compressed && (e.entry & L2E_STD_RESERVED_MASK)) {
     say("ERROR found l2 entry with reserved bits set: {:x}", e.entry);
     ++res_.corruptions;
   }
-  const bool frag = active;
+  const bool repair = fixes(fix, Fix::errors) && can_zero_entries();
   switch (type) {
     case ClusterType::Compressed: {
       if (l2_copied(e)) {
@@ -154,27 +160,23 @@ task<> Checker::check_l2_entry(std::vector<std::byte>& table, std::uint64_t l2_o
             "entry=0x{:x}",
             i, e.entry);
         ++res_.corruptions;
-        break;
+        return false;
       }
       const auto d = decode_compressed(geo(), e);
-      if (fixes(fix, Fix::errors) && beyond_eof(d.host_offset, d.size())) {
-        bool zeroed = false;
-        QNBD_CO_TRY(co_await zero_l2_entry(table, l2_offset, i, zeroed));
-        if (zeroed) {
-          say("Repairing coffset=0x{:x}: compressed cluster lies beyond the end of the file; "
-              "L2 entry now reads as zeros",
-              d.host_offset);
-          ++res_.corruptions_fixed;
-          break;
-        }
+      if (repair && beyond_eof(d.host_offset, d.size())) {
+        say("Repairing coffset=0x{:x}: compressed cluster lies beyond the end of the file; "
+            "L2 entry now reads as zeros",
+            d.host_offset);
+        ++res_.corruptions_fixed;
+        return true;
       }
       inc_refcounts(d.host_offset, d.size());
-      if (frag) {
+      if (active) {
         ++res_.allocated_clusters;
         ++res_.compressed_clusters;
         ++res_.fragmented_clusters;  // sub-sector placement: always fragmented
       }
-      break;
+      return false;
     }
     case ClusterType::ZeroAlloc:
     case ClusterType::Normal: {
@@ -189,53 +191,41 @@ task<> Checker::check_l2_entry(std::vector<std::byte>& table, std::uint64_t l2_o
         const bool contains_data = geo().extended_l2() ? (e.bitmap & QCOW_L2_BITMAP_ALL_ALLOC) != 0
                                                        : !(e.entry & QCOW_OFLAG_ZERO);
         if (!contains_data) {
-          const bool repair = fixes(fix, Fix::errors);
           say("{} offset={:x}: Preallocated cluster is not properly aligned; L2 entry corrupted.",
-              repair ? "Repairing" : "ERROR", offset);
+              fixes(fix, Fix::errors) ? "Repairing" : "ERROR", offset);
           if (repair) {
-            bool zeroed = false;
-            if (auto z = co_await zero_l2_entry(table, l2_offset, i, zeroed); !z) {
-              say("ERROR: Failed to overwrite L2 table entry: {}", z.error().message());
-              ++res_.check_errors;
-            } else if (zeroed) {
-              --res_.corruptions;
-              ++res_.corruptions_fixed;
-              co_return result<>{};
-            }
+            --res_.corruptions;
+            ++res_.corruptions_fixed;
+            return true;
           }
         } else {
           say("ERROR offset={:x}: Data cluster is not properly aligned; L2 entry corrupted.",
               offset);
         }
+      } else if (repair && beyond_eof(offset, cs())) {
+        say("Repairing offset={:x}: cluster lies beyond the end of the file; L2 entry now "
+            "reads as zeros",
+            offset);
+        ++res_.corruptions_fixed;
+        return true;
       }
-      if (fixes(fix, Fix::errors) && geo().cluster_aligned(offset) && beyond_eof(offset, cs())) {
-        bool zeroed = false;
-        QNBD_CO_TRY(co_await zero_l2_entry(table, l2_offset, i, zeroed));
-        if (zeroed) {
-          say("Repairing offset={:x}: cluster lies beyond the end of the file; L2 entry now "
-              "reads as zeros",
-              offset);
-          ++res_.corruptions_fixed;
-          co_return result<>{};
-        }
-      }
-      if (frag) {
+      if (active) {
         ++res_.allocated_clusters;
         if (next_contiguous && offset != next_contiguous) ++res_.fragmented_clusters;
         next_contiguous = offset + cs();
       }
       inc_refcounts(offset, cs());
-      break;
+      return false;
     }
-    case ClusterType::ZeroPlain: break;
+    case ClusterType::ZeroPlain: return false;
     case ClusterType::Unallocated:
       if (e.bitmap & QCOW_L2_BITMAP_ALL_ALLOC) {
         ++res_.corruptions;
         say("ERROR: Unallocated cluster has non-zero subcluster allocation map");
       }
-      break;
+      return false;
   }
-  co_return result<>{};
+  return false;
 }
 
 task<> Checker::check_bitmaps() {
