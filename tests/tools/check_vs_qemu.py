@@ -7,11 +7,12 @@ qemu-img check must report what it reports after its own repair (clean
 wherever qemu can repair, and also past-EOF entries, which qnbd-img turns
 into zero clusters), and the guest data must equal qemu's repaired copy and,
 where the corruption only touched refcounts, the copy taken before it."""
+import json
 import os
 import shutil
 
 from imgtest import (Qcow2, check, check_eq, check_json, cleanup, counts, finish, qemu_img,
-                     qemu_io, qnbd, tmpdir)
+                     qemu_io, qnbd, run, tmpdir)
 
 WORK = tmpdir()
 
@@ -78,6 +79,22 @@ def s_reserved_bits(img, q):
     q.write64(pos, q.read64(pos) | 0x2)
 
 
+def s_qemu_leaks(img, q):
+    # qemu's own way (iotest 026): ENOSPC on every L1 update while a write
+    # allocates a new L2 table leaves leaked clusters behind.
+    qemu_img("resize", "-q", img, "1G")
+    conf = img + ".blkdebug"
+    with open(conf, "w") as f:
+        f.write('[inject-error]\nevent = "l1_update"\nerrno = "28"\nonce = "off"\n')
+    run("qemu-io", "-c", "write -P 0x7e 600M 64k", f"blkdebug:{conf}:{img}", ok=None)
+    rc, _, _ = qemu_img("check", img, ok=None)
+    check_eq(rc, 3, "qemu-io with failing L1 updates leaked clusters")
+
+
+def s_corrupt_bit(img, q):
+    q.write64(72, q.read64(72) | 2)
+
+
 # name, scenario, snapshot?, data after -r all must equal: "pristine" (the
 # copy before the corruption), "qemu" (qemu's repaired copy) or None (the
 # entry stays unreadable for both tools)
@@ -92,6 +109,8 @@ SCENARIOS = [
     ("unaligned-data", s_unaligned_data, False, None),
     ("unaligned-prealloc", s_unaligned_prealloc, False, "pristine"),
     ("reserved-bits", s_reserved_bits, False, "qemu"),
+    ("qemu-leaks", s_qemu_leaks, False, "pristine-prefix"),
+    ("corrupt-bit", s_corrupt_bit, False, "pristine"),
 ]
 
 
@@ -133,14 +152,18 @@ def main():
         ours, theirs = compare_modes(name, img)
         rc_after, _, _ = qemu_img("check", ours, ok=None)
         rc_qemu_after, _, _ = qemu_img("check", theirs, ok=None)
+        if name == "corrupt-bit":
+            info = json.loads(qemu_img("info", "--output=json", ours)[1])
+            check(not info["format-specific"]["data"]["corrupt"], "corrupt bit cleared by -r all")
         expected = 0 if name == "past-eof" else rc_qemu_after
         check_eq(rc_after, expected, f"{name}: qemu-img check after qnbd-img check -r all")
         if same_data is None:
             continue
         rc, out, err = qemu_img("compare", ours, theirs, ok=None)
         check_eq(rc, 0, f"{name}: data after qnbd-img -r all == after qemu-img -r all ({out}{err})")
-        if same_data == "pristine":
-            rc, out, err = qemu_img("compare", ours, pristine, ok=None)
+        if same_data.startswith("pristine"):
+            # (a resized image compares equal if the new area reads as zeros)
+            rc, out, err = qemu_img("compare", pristine, ours, ok=None)
             check_eq(rc, 0, f"{name}: data unchanged by corruption + repair ({out}{err})")
     cleanup(WORK)
     finish()
