@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Interop with qemu-img and qemu-io: data read through qnbd equals the file,
 and data written through qnbd lands in the file."""
+import json
 import os
 import sys
 
@@ -43,6 +44,30 @@ def test_qemu_img_compare_detects_difference(tmp):
         assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
 
 
+def qemu_img_map(target):
+    """[(start, length, data, zero)] from qemu-img map, adjacent equal runs merged."""
+    out = json.loads(h.run(["qemu-img", "map", "-f", "raw", "--output=json", target]).stdout)
+    merged = []
+    for e in out:
+        run = (e["start"], e["length"], e["data"], e["zero"])
+        if merged and merged[-1][2:] == run[2:] and merged[-1][0] + merged[-1][1] == run[0]:
+            merged[-1] = (merged[-1][0], merged[-1][1] + run[1]) + run[2:]
+        else:
+            merged.append(run)
+    return merged
+
+
+def test_qemu_img_map_matches_file(tmp):
+    # qemu's own NBD client reads base:allocation; it must see what qemu sees in the file.
+    aligned = [(0, h.MiB), (4 * h.MiB, 2 * h.MiB), (SIZE - h.MiB, h.MiB)]
+    image = h.make_sparse_image(os.path.join(tmp, "disk.raw"), SIZE, aligned)
+    with h.Server(tmp, image) as srv:
+        over_nbd = qemu_img_map(srv.unix_uri())
+    direct = qemu_img_map(image)
+    assert len(direct) == 5, direct
+    assert over_nbd == direct, (over_nbd, direct)
+
+
 def test_qemu_io_write_then_read(tmp):
     image = h.make_sparse_image(os.path.join(tmp, "disk.raw"), SIZE, DATA)
     with h.Server(tmp, image) as srv:
@@ -82,5 +107,6 @@ def test_qemu_io_aio_writes_over_tcp(tmp):
 
 if __name__ == "__main__":
     h.main([test_qemu_img_convert_from_nbd, test_qemu_img_convert_to_nbd_over_tcp,
-            test_qemu_img_compare_detects_difference, test_qemu_io_write_then_read,
+            test_qemu_img_compare_detects_difference, test_qemu_img_map_matches_file,
+            test_qemu_io_write_then_read,
             test_qemu_io_aio_writes_over_tcp])
