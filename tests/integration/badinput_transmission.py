@@ -40,8 +40,15 @@ def test_unknown_command_and_flags_get_einval(tmp):
             assert cookie == 1000 + i, what
             assert error == w.EINVAL, f"{what}: error {error}"
             assert_conn_works(c)
+        # A WRITE with a bad flag still carries its payload: the server must
+        # consume it (or the next request would be read from the middle of it).
+        for i, flags in enumerate((1 << 15, w.CMD_FLAG_REQ_ONE, w.CMD_FLAG_DF)):
+            c.request(w.CMD_WRITE, 0, 4096, flags=flags, cookie=2000 + i, payload=b"\xab" * 4096)
+            error, cookie, _ = c.reply()
+            assert (error, cookie) == (w.EINVAL, 2000 + i), (flags, error, cookie)
+            assert_conn_works(c)
         c.close()
-        fx.assert_healthy()
+        fx.assert_healthy()  # and none of those writes happened
 
 
 def test_out_of_range_requests(tmp):
