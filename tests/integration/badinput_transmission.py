@@ -129,6 +129,7 @@ h.connect_uri(sys.argv[1])
 buf = nbd.Buffer.from_bytearray(bytearray(b"\x77" * 1048576))
 base = 16 * 1048576
 done = 0
+announced = False
 while True:
     while h.aio_in_flight() < 16:
         h.aio_pwrite(buf, base + (done % 16) * 1048576)
@@ -136,8 +137,9 @@ while True:
     h.poll(-1)
     while h.aio_peek_command_completed() > 0:
         h.aio_command_completed(h.aio_peek_command_completed())
-    if done == 64:
+    if done >= 64 and not announced:
         print("busy", flush=True)
+        announced = True
 """
 
 READER = r"""
@@ -145,6 +147,7 @@ import sys, nbd
 h = nbd.NBD()
 h.connect_uri(sys.argv[1])
 n = 0
+announced = False
 while True:
     while h.aio_in_flight() < 16:
         h.aio_pread(nbd.Buffer(4 * 1048576), (n % 4) * 4 * 1048576)
@@ -152,8 +155,9 @@ while True:
     h.poll(-1)
     while h.aio_peek_command_completed() > 0:
         h.aio_command_completed(h.aio_peek_command_completed())
-    if n == 64:
+    if n >= 64 and not announced:
         print("busy", flush=True)
+        announced = True
 """
 
 
