@@ -3,7 +3,7 @@ the issue 5 targets."""
 import statistics
 
 COLS = ("target", "IOPS", "MiB/s", "p99 us", "CPU s", "CPU s/GiB", "RSS MiB", "shut s",
-        "vs best qemu", "check")
+        "dev flush/io", "vs best qemu", "check")
 
 
 def aggregate(records, workload, targets):
@@ -20,6 +20,8 @@ def aggregate(records, workload, targets):
         for key in ("iops", "mib_s", "p99_us", "cpu_s", "cpu_per_gib", "shutdown_s"):
             row[key] = statistics.median(r[key] for r in ok)
         row["rss_mib"] = max(r["rss_kib"] for r in ok) / 1024
+        fl = [r["flush_per_io"] for r in ok if r.get("flush_per_io") is not None]
+        row["flush_per_io"] = statistics.median(fl) if fl else None
         bad = [r["check"] for r in ok if r.get("check", "clean") != "clean"]
         row["check"] = bad[0] if bad else ("clean" if any("check" in r for r in ok) else "-")
         rows.append(row)
@@ -65,7 +67,7 @@ def table(workload, rows, image_desc, rounds):
     bq = best(rows, lambda r: r["kind"] == "qemu")
     lines = [f"== {workload.name}: {workload.desc}",
              f"   image {image_desc}; median of {rounds} rounds"]
-    widths = (16, 10, 9, 9, 7, 11, 9, 8, 14, 0)
+    widths = (16, 10, 9, 9, 7, 11, 9, 8, 14, 14, 0)
     lines.append("   " + "".join(c.ljust(w) if w else c for c, w in zip(COLS, widths)))
     for r in rows:
         if "error" in r:
@@ -74,7 +76,7 @@ def table(workload, rows, image_desc, rounds):
         ratio = f"{r['iops'] / bq['iops']:.2f}x" if bq and r["kind"] != "qemu" else ""
         cells = (r["target"], _fmt(r["iops"], 0), _fmt(r["mib_s"]), _fmt(r["p99_us"], 0),
                  _fmt(r["cpu_s"], 2), _fmt(r["cpu_per_gib"], 2), _fmt(r["rss_mib"]),
-                 _fmt(r["shutdown_s"], 2), ratio, r["check"])
+                 _fmt(r["shutdown_s"], 2), _fmt(r["flush_per_io"], 2), ratio, r["check"])
         lines.append("   " + "".join(c.ljust(w) if w else c for c, w in zip(cells, widths)))
     return "\n".join(lines)
 

@@ -27,6 +27,18 @@ class Target:
         return self.kind == "qnbd"
 
 
+def device_flushes(path):
+    """Flush requests completed by the block device holding `path` (whole device:
+    other users of a shared disk add to it). None if the kernel does not say."""
+    st = os.stat(path)
+    try:
+        with open(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat") as f:
+            fields = f.read().split()
+        return int(fields[15]) if len(fields) > 15 else None
+    except OSError:
+        return None
+
+
 class ServerError(RuntimeError):
     pass
 
