@@ -112,13 +112,17 @@ class Server:
                 raise AssertionError(f"server had already died: {describe_status(status)}\n"
                                      + self.log_tail())
 
+    def terminate(self):
+        """SIGTERM without waiting: the server drains while clients still poll."""
+        os.kill(self.pid, signal.SIGTERM)
+
     def stop(self, timeout=60):
         """SIGTERM and require exit 0 (a crash or sanitizer report fails the test)."""
         if self.pid is None:
             return
         pid, self.pid = self.pid, None
         pidfd = os.pidfd_open(pid)
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)  # again after terminate(): harmless
         exited, _, _ = select.select([pidfd], [], [], timeout)
         os.close(pidfd)
         if not exited:

@@ -88,6 +88,8 @@ class Iteration:
     def run(self):
         self.crash()
         durable = self.model.durable_ops()
+        if self.args.sigterm:  # a clean stop keeps every acknowledged request
+            durable = {o.index for o in self.model.ops if o.acked is not None}
         self.offline_check(durable)
         self.restart_and_verify(durable)
         return self
@@ -106,9 +108,12 @@ class Iteration:
         if conns > 1 and handles[0].can_multi_conn():
             handles.append(nbd.NBD())
             handles[1].connect_unix(self.server.sock)
-        w = Workload(handles, self.model, rng, nops, depth, kill_at, self.server.kill, hot, over)
+        stop = self.server.terminate if self.args.sigterm else self.server.kill
+        w = Workload(handles, self.model, rng, nops, depth, kill_at, stop, hot, over)
         w.run()
         del handles
+        if self.args.sigterm:
+            self.server.stop()  # must have drained and exited 0
         acked = sum(o.acked is not None for o in self.model.ops)
         self.notes.append(f"conns={len(w.handles)} ops={len(self.model.ops)}/{nops} "
                           f"depth={depth} kill_at={kill_at} "
@@ -133,6 +138,9 @@ class Iteration:
                           f"leaks={check.leaks}")  # inside the file; see crash_leaks
         if bits & ci.QCOW2_INCOMPAT_CORRUPT:
             raise AssertionError(f"corrupt bit set after kill\n{check}")
+        if self.args.sigterm and (check.rc != 0 or bits):
+            raise AssertionError(f"not clean after SIGTERM during the workload "
+                                 f"(incompatible bits {bits:#x})\n{check}")
         if v.lazy:
             bad = ci.unexpected_lazy_errors(check, 2 if v.snapshot else 1)
             if check.rc not in (0, 2, 3) or bad:
@@ -243,6 +251,9 @@ def main():
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ops-min", type=int, default=50)
     p.add_argument("--ops-max", type=int, default=250)
+    p.add_argument("--sigterm", action="store_true",
+                   help="stop with SIGTERM instead of SIGKILL: the server must drain,\n"
+                        "exit 0 and leave a clean image with every acknowledged write")
     args = p.parse_args()
     become_subreaper()
     variant = ci.VARIANTS[args.variant]
@@ -278,6 +289,7 @@ def main():
                 print(f"FAIL {variant.name} seed={seed} {notes}\n{e}\n"
                       f"  reproduce: QNBD={os.environ['QNBD']} /usr/bin/python3 {sys.argv[0]} "
                       f"--variant {variant.name} --seed {seed} --iterations 1 "
+                      f"{'--sigterm ' if args.sigterm else ''}"
                       f"--ops-min {args.ops_min} --ops-max {args.ops_max}\n"
                       f"  kept: {saved}", flush=True)
     elapsed = time.monotonic() - start
