@@ -95,10 +95,21 @@ def test_truncated_write_payload_then_close(tmp):
             fx.assert_healthy()  # nothing of the partial payload reached the file
 
 
-def test_oversized_write_is_refused(tmp):
+def test_oversized_requests_are_refused(tmp):
     with Fixture(tmp) as fx:
         c = session(fx)
-        # 64 MiB header, nothing sent: either EINVAL/EOVERFLOW/ENOMEM, or a disconnect.
+        # A 33 MiB READ (over the advertised 32 MiB): an error, or a disconnect.
+        c.request(w.CMD_READ, 0, 33 * h.MiB, cookie=8)
+        try:
+            error, cookie, _ = c.reply()
+            assert error in (w.EINVAL, w.EOVERFLOW) and cookie == 8, error
+            assert_conn_works(c)
+        except w.Closed:
+            pass
+        c.close()
+        fx.assert_healthy()
+        c = session(fx)
+        # 64 MiB WRITE header, little payload: either an error or a disconnect.
         c.request(w.CMD_WRITE, 0, 64 * h.MiB, cookie=9, payload=b"\x11" * 4096)
         c.sock.settimeout(5)
         try:
@@ -219,5 +230,5 @@ def test_disc_with_requests_in_flight(tmp):
 if __name__ == "__main__":
     h.main([test_unknown_command_and_flags_get_einval, test_out_of_range_requests,
             test_bad_request_magic_closes_connection, test_truncated_write_payload_then_close,
-            test_oversized_write_is_refused, test_reset_with_requests_in_flight,
+            test_oversized_requests_are_refused, test_reset_with_requests_in_flight,
             test_client_killed_mid_transfer, test_disc_with_requests_in_flight])
