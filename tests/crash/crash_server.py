@@ -46,6 +46,7 @@ class Server:
         self.pid_file = os.path.join(workdir, "server.pid")
         self.log = os.path.join(workdir, "server.log")
         self.pid = None
+        self.terminated = False
 
     def argv(self):
         exe = server_binary()
@@ -115,14 +116,18 @@ class Server:
     def terminate(self):
         """SIGTERM without waiting: the server drains while clients still poll."""
         os.kill(self.pid, signal.SIGTERM)
+        self.terminated = True
 
     def stop(self, timeout=60):
-        """SIGTERM and require exit 0 (a crash or sanitizer report fails the test)."""
+        """SIGTERM and require exit 0 (a crash or sanitizer report fails the test).
+        After terminate() only wait: a second SIGTERM may mean "exit now"."""
         if self.pid is None:
             return
         pid, self.pid = self.pid, None
         pidfd = os.pidfd_open(pid)
-        os.kill(pid, signal.SIGTERM)  # again after terminate(): harmless
+        if not self.terminated:
+            os.kill(pid, signal.SIGTERM)
+        self.terminated = False
         exited, _, _ = select.select([pidfd], [], [], timeout)
         os.close(pidfd)
         if not exited:

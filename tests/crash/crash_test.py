@@ -6,7 +6,8 @@ offline with the qemu tools and online through a restarted server.
     QNBD=build/server/qnbd /usr/bin/python3 crash_test.py --variant qcow2-lazy
     ... --seed 1234 --iterations 1     # reproduce one kill point
 
-Iterations per variant: --iterations, else $QNBD_CRASH_ITERATIONS, else 15.
+Iterations per variant: --iterations, else $QNBD_CRASH_ITERATIONS, else 15
+(8 with --sigterm).
 Base seed: --seed, else $QNBD_CRASH_SEED, else fixed per variant (CI is
 deterministic in its choices; the server's timing is not).
 Failing images are kept under $QNBD_CRASH_KEEP (default /tmp/qnbd-crash-failures).
@@ -246,8 +247,7 @@ def variant_seed(name):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--variant", required=True, choices=sorted(ci.VARIANTS))
-    p.add_argument("--iterations", type=int,
-                   default=int(os.environ.get("QNBD_CRASH_ITERATIONS", "15")))
+    p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--ops-min", type=int, default=50)
     p.add_argument("--ops-max", type=int, default=250)
@@ -255,6 +255,8 @@ def main():
                    help="stop with SIGTERM instead of SIGKILL: the server must drain,\n"
                         "exit 0 and leave a clean image with every acknowledged write")
     args = p.parse_args()
+    if args.iterations is None:
+        args.iterations = int(os.environ.get("QNBD_CRASH_ITERATIONS", 8 if args.sigterm else 15))
     become_subreaper()
     variant = ci.VARIANTS[args.variant]
     base = args.seed if args.seed is not None else int(
