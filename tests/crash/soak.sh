@@ -1,6 +1,7 @@
 #!/bin/bash
-# Long crash-consistency soak (not run by meson): many kill points per variant,
-# a fresh random base seed per variant and round, plus the ENOSPC tests.
+# Long crash-consistency soak (not run by meson): many kill points per variant
+# (SIGKILL, and a quarter as many SIGTERM stops), a fresh random base seed per
+# variant and round, repair of qemu-dirtied images, and the ENOSPC tests.
 #   tests/crash/soak.sh BUILD_DIR [ITERATIONS_PER_VARIANT] [ROUNDS] [VARIANT...]
 # Failing seeds print a one-line reproducer; their images are kept in
 # $QNBD_CRASH_KEEP (default /tmp/qnbd-crash-failures). Exit 1 if anything failed.
@@ -23,6 +24,13 @@ for ((round = 1; round <= rounds; round++)); do
     # Hide the per-seed "ok" lines; failures and the summary line stay.
     /usr/bin/python3 "$here/crash_test.py" --variant "$v" --seed "$seed" \
       --iterations "$iterations" --ops-min 50 --ops-max 600 | grep -v '^ok ' || status=1
+    /usr/bin/python3 "$here/crash_test.py" --variant "$v" --seed "$seed" --sigterm \
+      --iterations $(( (iterations + 3) / 4 )) --ops-min 50 --ops-max 600 \
+      | grep -v '^ok ' || status=1
+    case $v in qcow2-lazy*)
+      /usr/bin/python3 "$here/dirty_repair_test.py" --variant "$v" --seed "$seed" \
+        --iterations $(( (iterations + 3) / 4 )) | grep -v '^ok ' || status=1 ;;
+    esac
   done
   for f in raw qcow2; do
     /usr/bin/python3 "$here/enospc_test.py" --format "$f" || status=1
