@@ -11,6 +11,8 @@ import nbd
 from crash_images import BLOCKS, BLOCKS_PER_CLUSTER
 from crash_model import BLOCK, Op, describe, describe_value, render, render_range
 
+# A server that sends no reply for this long is hung (not slow, even under ASan).
+STALL_SECONDS = 60
 # Hot clusters get many small overlapping-in-time writes to one cluster.
 HOT_CLUSTERS = 6
 
@@ -156,6 +158,11 @@ class Workload:
             self.killed = True
             self.kill_fn()
 
+    def _stalled(self):
+        ops = sorted(self.inflight.values(), key=lambda x: x[0].index)
+        raise AssertionError(f"no reply for {STALL_SECONDS}s with {len(ops)} requests in "
+                             f"flight (server hung?): {[o for o, _ in ops][:8]}")
+
     def run(self):
         index = 0
         while True:
@@ -179,7 +186,8 @@ class Workload:
 
     def _poll(self):
         if len(self.handles) == 1:
-            self.handles[0].poll(-1)
+            if self.handles[0].poll(STALL_SECONDS * 1000) == 0:
+                self._stalled()
             return
         readers, writers = {}, {}
         for h in self.handles:
@@ -192,7 +200,9 @@ class Workload:
                 writers[h.aio_get_fd()] = h
         if not readers and not writers:
             raise nbd.Error("no connection left to poll", 107)
-        r, w, _ = select.select(list(readers), list(writers), [])
+        r, w, _ = select.select(list(readers), list(writers), [], STALL_SECONDS)
+        if not r and not w:
+            self._stalled()
         for fd in r:
             readers[fd].aio_notify_read()
         for fd in w:
