@@ -24,9 +24,13 @@ QCOW2_INCOMPAT_CORRUPT = 2
 
 
 class Variant:
-    def __init__(self, name, fmt="qcow2", lazy=False, backing=False, snapshot=False):
+    def __init__(self, name, fmt="qcow2", lazy=False, backing=False, snapshot=False,
+                 cluster=CLUSTER):
         self.name, self.fmt, self.lazy = name, fmt, lazy
         self.backing, self.snapshot = backing, snapshot
+        # 4 KiB clusters: one L2 table per 2 MiB and one refcount block per
+        # 8 MiB, so the workload allocates metadata too, not only data.
+        self.cluster = cluster
 
 
 VARIANTS = {v.name: v for v in [
@@ -37,6 +41,8 @@ VARIANTS = {v.name: v for v in [
     Variant("qcow2-lazy", lazy=True),
     Variant("qcow2-lazy-backing", lazy=True, backing=True),
     Variant("qcow2-lazy-snapshot", lazy=True, snapshot=True),
+    Variant("qcow2-4k", backing=True, cluster=4096),
+    Variant("qcow2-lazy-4k", lazy=True, snapshot=True, cluster=4096),
 ]}
 
 
@@ -109,7 +115,7 @@ class Template:
             with open(self.path, "wb") as f:
                 f.truncate(VIRTUAL_SIZE)
         else:
-            opts = f"cluster_size={CLUSTER}"
+            opts = f"cluster_size={v.cluster}"
             if v.lazy:
                 opts += ",lazy_refcounts=on"
             argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-o", opts]
