@@ -155,7 +155,11 @@ int cmd_create(const Args& args) {
   CreateOptions& o = r.opts;
   if (!o.backing_format.empty() && o.backing_file.empty())
     throw Fatal("Backing format specified without a backing file");
-  if (!o.backing_file.empty()) {
+  if (!o.backing_file.empty() && a.has("-u")) {
+    // Unsafe: the backing file is not opened (it may not exist yet).
+    if (!r.size_given) throw Fatal("Image creation needs a size parameter");
+    if (o.backing_format.empty()) throw Fatal("Backing format must be given with -F when using -u");
+  } else if (!o.backing_file.empty()) {
     if (o.backing_file == path) throw Fatal("Error: Trying to create an image with the same filename as the backing file");
     auto [size, fmt] = probe_backing(path, o.backing_file, o.backing_format);
     o.backing_format = fmt;

@@ -51,6 +51,8 @@ BAD_CREATE = [
     (["create", "-f", "raw", "-o", "cluster_size=4k", p("x23"), "1M"], "qcow2 option for raw"),
     (["create", "-o"], "missing option value"),
     (["create"], "missing file name"),
+    (["create", "-u", "-b", "absent.qcow2", "-F", "qcow2", p("x25")], "-u without a size"),
+    (["create", "-u", "-b", "absent.qcow2", p("x26"), "1M"], "-u without a backing format"),
     (["create", "--bogus", p("x24"), "1M"], "unknown switch"),
 ]
 

@@ -123,6 +123,12 @@ def main():
           "extended L2 preallocated overlay still reads the backing file")
     expect_clean(top2, "overlay with preallocated extended L2")
 
+    # -u: the backing file need not exist yet.
+    later = create("later.qcow2", "2M", {}, "-u", "-b", "not-yet.qcow2", "-F", "qcow2")
+    i = info(later)
+    check_eq((i["backing-filename"], i["backing-filename-format"], i["virtual-size"]),
+             ("not-yet.qcow2", "qcow2", 2 * MiB), "-u records an absent backing file")
+
     # Metadata preallocation of a big image: fast and sparse.
     big = os.path.join(WORK, "big.qcow2")
     t = time.monotonic()
