@@ -12,6 +12,7 @@
 #include "server/connection.h"
 #include "server/handshake.h"
 #include "server/protocol.h"
+#include "server/read_plan.h"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -53,6 +54,8 @@ class Session : public std::enable_shared_from_this<Session> {
                                       Buffer payload, std::size_t budget);
   boost::asio::awaitable<Reply> execute(const nbd::Request& req, Buffer& payload);
   boost::asio::awaitable<Reply> cmd_read(const nbd::Request& req);
+  boost::asio::awaitable<Reply> cmd_sparse_read(const nbd::Request& req,
+                                                const std::vector<ReadChunk>& chunks);
   boost::asio::awaitable<Reply> cmd_block_status(const nbd::Request& req);
   boost::asio::awaitable<result<>> cmd_write_zeroes(const nbd::Request& req);
 

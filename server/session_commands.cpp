@@ -2,6 +2,8 @@
 // backend calls and a reply (nbdkit server/backend.c style).
 #include "server/session.h"
 
+#include "server/read_plan.h"
+
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -46,7 +48,16 @@ awaitable<result<>> Session::cmd_write_zeroes(const Request& req) {
   co_return co_await neg_.exp->backend->write_zeroes(req.offset, req.length, may_trim, fast, fua);
 }
 
+// Reads this large are worth asking the backend where the zeros are first.
+constexpr std::uint32_t kSparseReadMin = 64 << 10;
+
 awaitable<Session::Reply> Session::cmd_read(const Request& req) {
+  if (lim_.structured && !(req.flags & NBD_CMD_FLAG_DF) && req.length >= kSparseReadMin) {
+    if (auto ex = co_await neg_.exp->backend->block_status(req.offset, req.length); ex) {
+      auto chunks = plan_read_chunks(req.offset, req.length, *ex);
+      if (chunks.size() > 1 || chunks.front().hole) co_return co_await cmd_sparse_read(req, chunks);
+    }
+  }
   Reply out;
   if (req.length) {
     out.body = pool_.acquire(req.length);
@@ -75,6 +86,38 @@ awaitable<Session::Reply> Session::cmd_read(const Request& req) {
                       8 + req.length);
   put64(out.head.data() + kChunkHeaderSize, req.offset);
   out.head_len = kChunkHeaderSize + 8;
+  co_return out;
+}
+
+// The whole reply (every chunk header and the data) goes in one buffer, the
+// data read straight into place; the last chunk carries NBD_REPLY_FLAG_DONE.
+awaitable<Session::Reply> Session::cmd_sparse_read(const Request& req,
+                                                   const std::vector<ReadChunk>& chunks) {
+  std::size_t total = 0;
+  for (const auto& c : chunks) total += kChunkHeaderSize + (c.hole ? 12 : 8 + c.length);
+  Reply out;
+  out.body = pool_.acquire(total);
+  std::byte* p = out.body.data();
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    const ReadChunk& c = chunks[i];
+    const std::uint16_t flags = i + 1 == chunks.size() ? NBD_REPLY_FLAG_DONE : 0;
+    auto head = std::span<std::byte, kChunkHeaderSize>(p, kChunkHeaderSize);
+    put64(p + kChunkHeaderSize, c.offset);
+    if (c.hole) {
+      encode_chunk_header(head, flags, NBD_REPLY_TYPE_OFFSET_HOLE, req.cookie, 12);
+      put32(p + kChunkHeaderSize + 8, c.length);
+      p += kChunkHeaderSize + 12;
+      continue;
+    }
+    encode_chunk_header(head, flags, NBD_REPLY_TYPE_OFFSET_DATA, req.cookie, 8 + c.length);
+    p += kChunkHeaderSize + 8;
+    auto r = co_await neg_.exp->backend->read(c.offset, std::span(p, c.length));
+    if (!r) {
+      pool_.release(std::move(out.body));
+      co_return error_reply(req, wire_error(r.error()));
+    }
+    p += c.length;
+  }
   co_return out;
 }
 
