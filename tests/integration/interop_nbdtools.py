@@ -42,21 +42,6 @@ def merge(extents):
     return merged
 
 
-def write_config(tmp, exports):
-    path = os.path.join(tmp, "qnbd.yaml")
-    lines = [f"listen: {{unix: {os.path.join(tmp, 'nbd.sock')}, tcp: false}}", "exports:"]
-    for e in exports:
-        fields = [f"name: {e['name']}", f"path: {e['path']}", "format: raw"]
-        if e.get("read_only"):
-            fields.append("read_only: true")
-        if "description" in e:
-            fields.append(f"description: \"{e['description']}\"")
-        lines.append("  - {" + ", ".join(fields) + "}")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
-
-
 def test_nbdinfo_list_several_exports(tmp):
     exports = [
         {"name": "alpha", "path": h.make_sparse_image(os.path.join(tmp, "a.raw"), 16 * h.MiB, []),
@@ -66,7 +51,7 @@ def test_nbdinfo_list_several_exports(tmp):
         {"name": "gamma", "path": h.make_sparse_image(os.path.join(tmp, "c.raw"), 48 * h.MiB, []),
          "description": "third"},
     ]
-    config = write_config(tmp, exports)
+    config = h.write_config(tmp, exports)
     with h.Server(tmp, config=config) as srv:
         out = json.loads(h.run(["nbdinfo", "--list", "--json", srv.unix_uri("")]).stdout)
     listed = {e["export-name"]: e for e in out["exports"]}

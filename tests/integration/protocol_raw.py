@@ -152,6 +152,35 @@ def test_meta_context_negotiation(tmp):
         fx.assert_healthy()
 
 
+def test_meta_context_is_per_export(tmp):
+    # Spec: contexts set for one export name are not usable after GO to another.
+    a = h.make_sparse_image(os.path.join(tmp, "a.raw"), SIZE, DATA)
+    b = h.make_sparse_image(os.path.join(tmp, "b.raw"), SIZE, DATA)
+    config = h.write_config(tmp, [{"name": "a", "path": a}, {"name": "b", "path": b}])
+    with h.Server(tmp, config=config) as srv:
+        for go_to, usable in (("a", True), ("b", False)):
+            c = w.Conn.unix(srv.sock, timeout=15)
+            c.greeting()
+            c.client_flags()
+            c.option(w.OPT_STRUCTURED_REPLY)
+            assert c.option_reply()[1] == w.REP_ACK
+            ctx, rtype = w.meta_context_option(c, w.OPT_SET_META_CONTEXT, "a", ["base:allocation"])
+            assert rtype == w.REP_ACK and list(ctx.values()) == ["base:allocation"], ctx
+            assert c.go(go_to) == w.REP_ACK
+            c.request(w.CMD_BLOCK_STATUS, 0, 4096, cookie=50)
+            last = w.structured_replies(c, 50)[-1]
+            if usable:
+                assert last["kind"] == "chunk" and last["type"] == w.REPLY_TYPE_BLOCK_STATUS, last
+            else:
+                code = last["error"] if last["kind"] == "simple" else struct.unpack(">I", last["payload"][:4])[0]
+                assert code == w.EINVAL, (go_to, last)
+            c.request(w.CMD_FLUSH, 0, 0, cookie=51)  # still in step
+            r = w.structured_reply(c)
+            assert r["cookie"] == 51 and r["flags"] & w.REPLY_FLAG_DONE, r
+            c.close()
+    assert h.sha256_file(a) == h.sha256_file(b)
+
+
 def test_zero_length_requests(tmp):
     # Unspecified by the spec, but the server SHOULD NOT disconnect.
     with Fixture(tmp) as fx:
@@ -171,4 +200,5 @@ def test_zero_length_requests(tmp):
 if __name__ == "__main__":
     h.main([test_export_name_with_and_without_zeroes, test_info_then_go_agree,
             test_structured_read_chunks, test_meta_context_negotiation,
+            test_meta_context_is_per_export,
             test_zero_length_requests])

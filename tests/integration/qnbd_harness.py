@@ -85,6 +85,23 @@ def read_file_range(path, offset, length):
         return f.read(length)
 
 
+def write_config(tmp, exports):
+    """A qnbd YAML config serving `exports` (dicts: name, path, read_only, description)
+    on tmp/nbd.sock only; returns its path."""
+    path = os.path.join(tmp, "qnbd.yaml")
+    lines = [f"listen: {{unix: {os.path.join(tmp, 'nbd.sock')}, tcp: false}}", "exports:"]
+    for e in exports:
+        fields = [f"name: {e['name']}", f"path: {e['path']}", "format: raw"]
+        if e.get("read_only"):
+            fields.append("read_only: true")
+        if "description" in e:
+            fields.append(f"description: \"{e['description']}\"")
+        lines.append("  - {" + ", ".join(fields) + "}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 class Server:
     """One qnbd process serving one image (or a YAML config) on a temp socket."""
 
