@@ -91,7 +91,7 @@ boost::asio::awaitable<CheckResult> check_image(io::File& file, CheckOptions opt
   CheckResult res;
   ImageMeta meta;
   try {
-    meta = co_await load_image_meta(file);
+    meta = co_await load_image_meta(file, true);
   } catch (const std::exception& e) {
     res.check_errors = 1;
     res.failure = e.what();

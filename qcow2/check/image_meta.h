@@ -29,8 +29,11 @@ struct ImageMeta {
   std::uint64_t cluster_size() const { return geo.cluster_size(); }
 };
 
-// Reads cluster 0 and the tables it points to.
-boost::asio::awaitable<ImageMeta> load_image_meta(io::File& file);
+// Reads cluster 0 and the tables it points to. With `for_check`, an image
+// without a refcount table (refcount_table_clusters 0) is accepted, as qemu
+// does when it opens an image to check it: every refcount then reads as 0
+// and a repair rebuilds the structure.
+boost::asio::awaitable<ImageMeta> load_image_meta(io::File& file, bool for_check = false);
 
 // Reads `count` big-endian 64-bit entries at `offset` (zeros past EOF).
 boost::asio::awaitable<std::vector<std::uint64_t>> read_u64_table(io::File& file,

@@ -91,6 +91,13 @@ def s_qemu_leaks(img, q):
     check_eq(rc, 3, "qemu-io with failing L1 updates leaked clusters")
 
 
+def s_no_reftable(img, q):
+    # iotest 060: refcount_table_clusters = 0.
+    with open(img, "r+b") as f:
+        f.seek(56)
+        f.write(b"\0\0\0\0")
+
+
 def s_corrupt_bit(img, q):
     q.write64(72, q.read64(72) | 2)
 
@@ -111,6 +118,7 @@ SCENARIOS = [
     ("reserved-bits", s_reserved_bits, False, "qemu"),
     ("qemu-leaks", s_qemu_leaks, False, "pristine-prefix"),
     ("corrupt-bit", s_corrupt_bit, False, "pristine"),
+    ("no-reftable", s_no_reftable, False, "pristine"),
 ]
 
 
