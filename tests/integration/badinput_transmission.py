@@ -4,6 +4,7 @@ the connection keeps working; protocol violations close only that connection;
 clients that vanish never take the server down or corrupt the file."""
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -201,6 +202,27 @@ def test_client_killed_mid_transfer(tmp):
             fx.assert_healthy(image_changed=True)
 
 
+def test_half_close_after_requests(tmp):
+    # A client that sends its requests and then shuts down its sending side
+    # (as `nc -N` does) still gets every reply before the server closes.
+    with Fixture(tmp) as fx:
+        c = session(fx)
+        off = DATA[1][0]
+        for i in range(8):
+            c.request(w.CMD_READ, off + i * 65536, 65536, cookie=i)
+        c.sock.shutdown(socket.SHUT_WR)
+        got = {}
+        for _ in range(8):
+            error, cookie, data = c.reply(65536)
+            got[cookie] = (error, data)
+        assert sorted(got) == list(range(8))
+        for i in range(8):
+            assert got[i] == (0, h.pattern(off + i * 65536, 65536)), i
+        assert c.is_closed_by_server()
+        c.close()
+        fx.assert_healthy()
+
+
 def test_disc_with_requests_in_flight(tmp):
     with Fixture(tmp) as fx:
         c = session(fx)
@@ -231,4 +253,5 @@ if __name__ == "__main__":
     h.main([test_unknown_command_and_flags_get_einval, test_out_of_range_requests,
             test_bad_request_magic_closes_connection, test_truncated_write_payload_then_close,
             test_oversized_requests_are_refused, test_reset_with_requests_in_flight,
-            test_client_killed_mid_transfer, test_disc_with_requests_in_flight])
+            test_client_killed_mid_transfer, test_half_close_after_requests,
+            test_disc_with_requests_in_flight])
