@@ -62,6 +62,25 @@ def test_info_then_go_agree(tmp):
         c.close()
 
 
+def test_unusual_export_name(tmp):
+    name = "disk é/ x?#%"  # UTF-8, spaces, URI metacharacters
+    with Fixture(tmp, name=name) as fx:
+        c = connect(fx)
+        c.option(w.OPT_LIST)
+        listed = []
+        while True:
+            _, rtype, data = c.option_reply()
+            if rtype != w.REP_SERVER:
+                assert rtype == w.REP_ACK, hex(rtype)
+                break
+            n = struct.unpack(">I", data[:4])[0]
+            listed.append(data[4:4 + n].decode())
+        assert listed == [name], listed
+        assert c.go(name) == w.REP_ACK
+        assert c.read(0, 4096) == (0, h.pattern(0, 4096))
+        c.close()
+
+
 def test_structured_read_chunks(tmp):
     with Fixture(tmp) as fx:
         c, _ = structured_session(fx, contexts=())
@@ -198,7 +217,7 @@ def test_zero_length_requests(tmp):
 
 
 if __name__ == "__main__":
-    h.main([test_export_name_with_and_without_zeroes, test_info_then_go_agree,
+    h.main([test_export_name_with_and_without_zeroes, test_info_then_go_agree, test_unusual_export_name,
             test_structured_read_chunks, test_meta_context_negotiation,
             test_meta_context_is_per_export,
             test_zero_length_requests])
