@@ -141,7 +141,7 @@ def compare_modes(name, img):
         rc2, d2, e2 = check_json("qemu", theirs, *mode)
         label = f"{name} check {' '.join(mode) or '(no repair)'}"
         print(f"{label}: qnbd rc={rc1} qemu rc={rc2}", flush=True)
-        if name == "past-eof" and mode == ["-r", "all"]:
+        if name.endswith("past-eof") and mode == ["-r", "all"]:
             check_eq(rc1, 0, label + ": qnbd-img repairs past-EOF entries")
             check_eq(rc2, 2, label + ": qemu-img leaves them")
         else:
@@ -152,27 +152,62 @@ def compare_modes(name, img):
             return ours, theirs
 
 
+# Image formats the refcount scenarios also run on.
+FORMATS = [
+    ("v2-512", ["-o", "compat=0.10,cluster_size=512"]),
+    ("rc1-4k", ["-o", "refcount_bits=1,cluster_size=4k"]),
+    ("rc64-2M", ["-o", "refcount_bits=64,cluster_size=2M"]),
+    ("rc8-extl2", ["-o", "refcount_bits=8,extended_l2=on,cluster_size=32k"]),
+]
+FORMAT_SCENARIOS = ["clean", "leak", "refcount-zero", "past-eof"]
+
+
+def compressed_image(name):
+    """An image made by qemu-img convert -c: compressed clusters share hosts."""
+    src = os.path.join(WORK, name + ".raw")
+    qemu_img("create", "-q", "-f", "raw", src, "8M")
+    qemu_io(src, "write -P 0x11 0 1M", "write -P 0x22 5M 64k", fmt="raw")
+    img = os.path.join(WORK, name)
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", src, img)
+    return img
+
+
+def run_scenario(name, img, scenario, same_data):
+    pristine = copy(img, "pristine")
+    scenario(img, Qcow2(img))
+    ours, theirs = compare_modes(name, img)
+    rc_after, _, _ = qemu_img("check", ours, ok=None)
+    rc_qemu_after, _, _ = qemu_img("check", theirs, ok=None)
+    if name == "corrupt-bit":
+        info = json.loads(qemu_img("info", "--output=json", ours)[1])
+        check(not info["format-specific"]["data"]["corrupt"], "corrupt bit cleared by -r all")
+    expected = 0 if name.endswith("past-eof") else rc_qemu_after
+    check_eq(rc_after, expected, f"{name}: qemu-img check after qnbd-img check -r all")
+    if same_data is None:
+        return
+    rc, out, err = qemu_img("compare", ours, theirs, ok=None)
+    check_eq(rc, 0, f"{name}: data after qnbd-img -r all == after qemu-img -r all ({out}{err})")
+    if same_data.startswith("pristine"):
+        # (a resized image compares equal if the new area reads as zeros)
+        rc, out, err = qemu_img("compare", pristine, ours, ok=None)
+        check_eq(rc, 0, f"{name}: data unchanged by corruption + repair ({out}{err})")
+
+
 def main():
+    for fmt_name, opts in FORMATS:
+        for name, scenario, snap, same_data in SCENARIOS:
+            if name in FORMAT_SCENARIOS:
+                img = base_image(f"{fmt_name}-{name}.qcow2", *opts)
+                run_scenario(f"{fmt_name}-{name}", img, scenario, same_data)
+    img = compressed_image("compressed.qcow2")
+    run_scenario("compressed-clean", img, s_clean, "pristine")
+    img = compressed_image("compressed-leak.qcow2")
+    run_scenario("compressed-refcount-zero", img,
+                 lambda i, q: q.set_refcount((q.read64(q.l2_entry_pos(0)) & ((1 << 54) - 1)) >> 16, 0),
+                 "pristine")
     for name, scenario, snap, same_data in SCENARIOS:
         img = base_image(name + ".qcow2", snapshot=snap)
-        pristine = copy(img, "pristine")
-        scenario(img, Qcow2(img))
-        ours, theirs = compare_modes(name, img)
-        rc_after, _, _ = qemu_img("check", ours, ok=None)
-        rc_qemu_after, _, _ = qemu_img("check", theirs, ok=None)
-        if name == "corrupt-bit":
-            info = json.loads(qemu_img("info", "--output=json", ours)[1])
-            check(not info["format-specific"]["data"]["corrupt"], "corrupt bit cleared by -r all")
-        expected = 0 if name == "past-eof" else rc_qemu_after
-        check_eq(rc_after, expected, f"{name}: qemu-img check after qnbd-img check -r all")
-        if same_data is None:
-            continue
-        rc, out, err = qemu_img("compare", ours, theirs, ok=None)
-        check_eq(rc, 0, f"{name}: data after qnbd-img -r all == after qemu-img -r all ({out}{err})")
-        if same_data.startswith("pristine"):
-            # (a resized image compares equal if the new area reads as zeros)
-            rc, out, err = qemu_img("compare", pristine, ours, ok=None)
-            check_eq(rc, 0, f"{name}: data unchanged by corruption + repair ({out}{err})")
+        run_scenario(name, img, scenario, same_data)
     cleanup(WORK)
     finish()
 

@@ -112,22 +112,38 @@ class Qcow2:
     def host_offset(self, guest):
         return self.read64(self.l2_entry_pos(guest)) & 0x00fffffffffffe00
 
-    def refcount_pos(self, host_cluster):
-        """(file offset, byte width) of a 16-bit refcount."""
-        assert self.refcount_order == 4
-        per_block = self.cluster_size * 8 >> self.refcount_order
-        block = self.read64(self.reftable_offset + (host_cluster // per_block) * 8)
-        return (block & ~0x1ff) + (host_cluster % per_block) * 2
+    def _refcount_slot(self, host_cluster):
+        """(byte offset, bit shift, byte count) of a refcount of any width."""
+        bits = 1 << self.refcount_order
+        per_block = self.cluster_size * 8 // bits
+        block = self.read64(self.reftable_offset + (host_cluster // per_block) * 8) & ~0x1ff
+        assert block, "no refcount block for that cluster"
+        index = host_cluster % per_block
+        if bits < 8:
+            return block + index * bits // 8, (index * bits) % 8, 1
+        return block + index * bits // 8, 0, bits // 8
 
     def get_refcount(self, host_cluster):
+        pos, shift, n = self._refcount_slot(host_cluster)
         with open(self.path, "rb") as f:
-            f.seek(self.refcount_pos(host_cluster))
-            return struct.unpack(">H", f.read(2))[0]
+            f.seek(pos)
+            raw = int.from_bytes(f.read(n), "big")
+        bits = 1 << self.refcount_order
+        return (raw >> shift) & ((1 << bits) - 1) if bits < 8 else raw
 
     def set_refcount(self, host_cluster, value):
+        pos, shift, n = self._refcount_slot(host_cluster)
+        bits = 1 << self.refcount_order
         with open(self.path, "r+b") as f:
-            f.seek(self.refcount_pos(host_cluster))
-            f.write(struct.pack(">H", value))
+            f.seek(pos)
+            raw = int.from_bytes(f.read(n), "big")
+            if bits < 8:
+                mask = ((1 << bits) - 1) << shift
+                raw = (raw & ~mask) | ((value << shift) & mask)
+            else:
+                raw = value
+            f.seek(pos)
+            f.write(raw.to_bytes(n, "big"))
 
 
 def check_json(tool, img, *extra, ok=(0, 1, 2, 3)):
