@@ -25,8 +25,9 @@ QCOW2_INCOMPAT_CORRUPT = 2
 
 class Variant:
     def __init__(self, name, fmt="qcow2", lazy=False, backing=False, snapshot=False,
-                 cluster=CLUSTER):
+                 cluster=CLUSTER, compressed=False):
         self.name, self.fmt, self.lazy = name, fmt, lazy
+        self.compressed = compressed  # prefilled whole clusters are compressed
         self.backing, self.snapshot = backing, snapshot
         # 4 KiB clusters: one L2 table per 2 MiB and one refcount block per
         # 8 MiB, so the workload allocates metadata too, not only data.
@@ -42,6 +43,7 @@ VARIANTS = {v.name: v for v in [
     Variant("qcow2-lazy-backing", lazy=True, backing=True),
     Variant("qcow2-lazy-snapshot", lazy=True, snapshot=True),
     Variant("qcow2-4k", backing=True, cluster=4096),
+    Variant("qcow2-compressed", snapshot=True, compressed=True),
     Variant("qcow2-lazy-4k", lazy=True, snapshot=True, cluster=4096),
 ]}
 
@@ -81,7 +83,9 @@ def _postsnap_ranges():
     return [(c * BLOCKS_PER_CLUSTER + 2, 3) for c in range(0, 256, 12)]
 
 
-def _qemu_io_write(image, fmt, ranges, op, workdir):
+def _qemu_io_write(image, fmt, ranges, op, workdir, compress_clusters=0):
+    """Stamped writes; whole `compress_clusters`-sized aligned ranges are
+    written as compressed clusters."""
     if not ranges:
         return
     cmds = []
@@ -89,7 +93,10 @@ def _qemu_io_write(image, fmt, ranges, op, workdir):
         src = os.path.join(workdir, f"stamp-{op}-{i}")
         with open(src, "wb") as f:
             f.write(render_range(stamp(PREP_SEED, op, b) for b in range(first, first + count)))
-        cmds += ["-c", f"write -q -s {src} {first * BLOCK} {count * BLOCK}"]
+        whole = compress_clusters and first % compress_clusters == 0 \
+            and count % compress_clusters == 0
+        cmds += ["-c", f"write -q {'-c ' if whole else ''}-s {src} "
+                       f"{first * BLOCK} {count * BLOCK}"]
     run(["qemu-io", "-f", fmt] + cmds + [image])
     for i in range(len(ranges)):
         os.unlink(os.path.join(workdir, f"stamp-{op}-{i}"))
@@ -154,7 +161,8 @@ class Template:
                     f.seek(first * BLOCK)
                     f.write(render_range(values[first:first + count]))
         else:
-            _qemu_io_write(self.path, "qcow2", ranges, op, self.workdir)
+            per_cluster = self.variant.cluster // BLOCK if self.variant.compressed else 0
+            _qemu_io_write(self.path, "qcow2", ranges, op, self.workdir, per_cluster)
 
     def copy_to(self, path):
         shutil.copyfile(self.path, path)

@@ -6,7 +6,7 @@ offline with the qemu tools and online through a restarted server.
     QNBD=build/server/qnbd /usr/bin/python3 crash_test.py --variant qcow2-lazy
     ... --seed 1234 --iterations 1     # reproduce one kill point
 
-Iterations per variant: --iterations, else $QNBD_CRASH_ITERATIONS, else 12
+Iterations per variant: --iterations, else $QNBD_CRASH_ITERATIONS, else 11
 (6 with --sigterm).
 Base seed: --seed, else $QNBD_CRASH_SEED, else fixed per variant (CI is
 deterministic in its choices; the server's timing is not).
@@ -256,7 +256,7 @@ def main():
                         "exit 0 and leave a clean image with every acknowledged write")
     args = p.parse_args()
     if args.iterations is None:
-        args.iterations = int(os.environ.get("QNBD_CRASH_ITERATIONS", 6 if args.sigterm else 12))
+        args.iterations = int(os.environ.get("QNBD_CRASH_ITERATIONS", 6 if args.sigterm else 11))
     become_subreaper()
     variant = ci.VARIANTS[args.variant]
     base = args.seed if args.seed is not None else int(
