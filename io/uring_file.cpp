@@ -62,6 +62,7 @@ boost::asio::awaitable<int> UringFile::rw(bool write, std::uint64_t offset, cons
 
 task<> UringFile::readv_at(std::uint64_t offset, std::span<const iovec> iov) {
   boost::container::small_vector<iovec, 8> left(iov.begin(), iov.end());
+  consume(left, 0);  // zero-length entries would read as end of file
   while (!left.empty()) {
     unsigned n = static_cast<unsigned>(std::min<std::size_t>(left.size(), kMaxIov));
     int r = co_await rw(false, offset, left.data(), n);
@@ -80,6 +81,7 @@ task<> UringFile::readv_at(std::uint64_t offset, std::span<const iovec> iov) {
 task<> UringFile::writev_at(std::uint64_t offset, std::span<const iovec> iov) {
   if (read_only_) co_return make_error_code(errc::read_only);
   boost::container::small_vector<iovec, 8> left(iov.begin(), iov.end());
+  consume(left, 0);  // zero-length entries would look like a full disk
   while (!left.empty()) {
     unsigned n = static_cast<unsigned>(std::min<std::size_t>(left.size(), kMaxIov));
     int r = co_await rw(true, offset, left.data(), n);

@@ -23,6 +23,10 @@ awaitable<Session::Reply> Session::execute(const Request& req, Buffer& payload) 
   BlockBackend& be = *neg_.exp->backend;
   const bool fua = req.flags & NBD_CMD_FLAG_FUA;
   result<> r;
+  const bool data_command = req.type == NBD_CMD_WRITE || req.type == NBD_CMD_TRIM ||
+                            req.type == NBD_CMD_WRITE_ZEROES || req.type == NBD_CMD_CACHE;
+  // Zero-length requests are unspecified; succeed without bothering backends.
+  if (data_command && req.length == 0) co_return simple(req, 0);
   switch (req.type) {
     case NBD_CMD_READ: co_return co_await cmd_read(req);
     case NBD_CMD_BLOCK_STATUS: co_return co_await cmd_block_status(req);
