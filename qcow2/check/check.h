@@ -12,6 +12,7 @@
 
 #include "common/task.h"
 #include "io/file.h"
+#include "io/uring.h"
 
 #include <cstdint>
 #include <functional>
@@ -62,8 +63,13 @@ boost::asio::awaitable<CheckResult> check_image(io::File& file, CheckOptions opt
 // The engine's repair on open: rebuild/fix everything (qemu does
 // BDRV_FIX_ERRORS | BDRV_FIX_LEAKS when it opens a dirty image read-write).
 // Fails (errc::corrupt_image) if the image still has corruptions or the
-// check could not complete; logs through spdlog.
+// check could not complete; logs through spdlog (first 100 findings).
+// The check does small unaligned reads and writes: `file` must not be
+// opened with O_DIRECT. The second form opens `path` itself (page cache,
+// read-write) on `ring`, so an engine serving with O_DIRECT can repair
+// before it opens its own file.
 task<CheckResult> repair_dirty_image(io::File& file);
+task<CheckResult> repair_dirty_image(io::Ring& ring, const std::string& path);
 
 // qemu-img check's exit status for a result: 0 clean, 1 check failed,
 // 2 corruptions, 3 leaks only.

@@ -2,6 +2,8 @@
 // qcow2_co_check_locked), the public entry points, and the exit code.
 #include "qcow2/check/checker.h"
 
+#include "io/uring_file.h"
+
 #include <spdlog/spdlog.h>
 
 #include <climits>
@@ -138,6 +140,15 @@ task<CheckResult> repair_dirty_image(io::File& file) {
     co_return make_error_code(errc::corrupt_image);
   }
   co_return r;
+}
+
+task<CheckResult> repair_dirty_image(io::Ring& ring, const std::string& path) {
+  auto file = io::UringFile::open(ring, path, {.read_only = false});
+  if (!file) {
+    spdlog::error("qcow2 repair: cannot open {}: {}", path, file.error().message());
+    co_return file.error();
+  }
+  co_return co_await repair_dirty_image(**file);
 }
 
 int exit_code(const CheckResult& r) {

@@ -13,6 +13,10 @@
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
+
 using namespace qnbd;
 using namespace qnbd::qcow2;
 
@@ -195,4 +199,24 @@ TEST_CASE("qcow2 check: I/O errors and malformed headers end the check cleanly")
   std::vector<std::byte> tiny(16);
   r = run_check(tiny, check::Fix::none);
   CHECK(check::exit_code(r.result) == 1);
+}
+
+TEST_CASE("qcow2 check: repair by path opens the file itself (for O_DIRECT engines)") {
+  auto img = image(true);
+  format::store_be64(img.data() + format::HDR_INCOMPATIBLE_FEATURES, format::QCOW2_INCOMPAT_DIRTY);
+  set_rc(img, (be64(img, l2_entry_pos(img, 1)) & format::L2E_OFFSET_MASK) / kCs, 0);
+  char path[] = "/tmp/qnbd-check-test-XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  REQUIRE(::pwrite(fd, img.data(), img.size(), 0) == static_cast<ssize_t>(img.size()));
+  SyncRunner run;
+  auto r = run.run(check::repair_dirty_image(run.ring(), path));
+  CHECK(r.has_value());
+  std::byte hdr[80];
+  REQUIRE(::pread(fd, hdr, sizeof hdr, 0) == static_cast<ssize_t>(sizeof hdr));
+  CHECK(format::load_be64(hdr + format::HDR_INCOMPATIBLE_FEATURES) == 0);
+  ::close(fd);
+  auto missing = run.run(check::repair_dirty_image(run.ring(), std::string(path) + ".missing"));
+  CHECK_FALSE(missing.has_value());
+  ::unlink(path);
 }
