@@ -90,6 +90,18 @@ def main():
             compare(top)
             lower, lower_fmt = os.path.basename(top), "qcow2"
 
+    # Extended L2 overlay: partly written clusters show the backing file
+    # through their unallocated subclusters.
+    base = img_path("extl2-base.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", base, "4M")
+    qemu_io(base, "write -P 0x71 0 2M")
+    top = img_path("extl2-top.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "extl2-base.qcow2",
+             "-F", "qcow2", top, "4M")
+    qemu_io(top, "write -P 0x72 4k 4k", "write -z 100k 8k", "write -P 0x73 1M 64k",
+            "discard 1M 4k", "write -P 0x74 3M 2k")
+    compare(top)
+
     # Internal snapshot, then more writes.
     img = create("snap.qcow2", "5M")
     fill(img)
