@@ -85,7 +85,7 @@ void become_subreaper() {
 }
 
 TempDir::TempDir() {
-    std::string tmpl = "/tmp/qnbd-it-XXXXXX";
+    std::string tmpl = (std::filesystem::temp_directory_path() / "qnbd-it-XXXXXX").string();  // honours TMPDIR
     if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error(errno_text("mkdtemp"));
     path_ = tmpl;
 }
