@@ -25,7 +25,7 @@ std::uint64_t Refcounts::max_clusters() const {
 }
 
 task<std::shared_ptr<Table>> Refcounts::block_for(std::uint64_t cluster, bool create,
-                                                  Range avoid) {
+                                                  Avoid avoid) {
   const std::uint64_t ri = g_.reftable_index(cluster);
   if (create) {
     if (auto r = co_await ensure_block(ri, avoid); !r) co_return r.error();
@@ -47,7 +47,7 @@ task<std::uint64_t> Refcounts::get(std::uint64_t cluster) {
   co_return get_refcount((*b)->data.data(), g_.refcount_order(), g_.refblock_index(cluster));
 }
 
-task<> Refcounts::set(std::uint64_t cluster, std::uint64_t value, Range avoid) {
+task<> Refcounts::set(std::uint64_t cluster, std::uint64_t value, Avoid avoid) {
   auto b = co_await block_for(cluster, true, avoid);
   if (!b) co_return b.error();
   set_refcount((*b)->data.data(), g_.refcount_order(), g_.refblock_index(cluster), value);
@@ -75,9 +75,9 @@ task<> Refcounts::update(std::uint64_t cluster, std::int64_t delta) {
 // Makes sure refcount block `ri` exists. A new block goes to the first
 // cluster of its own range not in `avoid` (so it counts itself), else to
 // the next free cluster after it.
-task<> Refcounts::ensure_block(std::uint64_t ri, Range avoid) {
+task<> Refcounts::ensure_block(std::uint64_t ri, Avoid avoid) {
   if (ri >= reftable_.size())
-    if (auto r = co_await grow_table(ri + 1); !r) co_return r;
+    if (auto r = co_await grow_table(ri + 1, avoid); !r) co_return r;
   if (reftable_block_offset(reftable_[ri]) != 0) co_return result<>{};
   auto c = co_await find_free(ri * g_.refblock_entries(), 1, avoid);
   if (!c) co_return c.error();
@@ -92,7 +92,7 @@ task<> Refcounts::ensure_block(std::uint64_t ri, Range avoid) {
 }
 
 // First run of n free clusters at or after `from` that does not meet `avoid`.
-task<std::uint64_t> Refcounts::find_free(std::uint64_t from, std::uint64_t n, Range avoid) {
+task<std::uint64_t> Refcounts::find_free(std::uint64_t from, std::uint64_t n, Avoid avoid) {
   std::uint64_t start = std::max<std::uint64_t>(from, 1);  // never cluster 0 (header)
   std::uint64_t c = start;
   while (c - start < n) {
@@ -115,7 +115,7 @@ task<std::vector<HostRun>> Refcounts::allocate(std::uint64_t n) {
     auto c = co_await find_free(free_index_, 1, {});
     if (!c) co_return c.error();
     // Setting the refcount may place a new refcount block on *c itself.
-    if (auto r = co_await set(*c, 1, {*c, 1}); !r) co_return r.error();
+    if (auto r = co_await set(*c, 1, {{*c, 1}, {}}); !r) co_return r.error();
     free_index_ = *c + 1;
     const std::uint64_t off = *c << g_.cluster_bits();
     if (!runs.empty() && runs.back().offset + (runs.back().clusters << g_.cluster_bits()) == off)
@@ -134,7 +134,7 @@ void Refcounts::defer_free_bytes(std::uint64_t host_offset, std::uint64_t bytes)
 // A bigger table goes into free space; its own clusters are counted through
 // the (in-memory) new table, which becomes current now and durable at the
 // next write_back (table, sync, header, sync).
-task<> Refcounts::grow_table(std::uint64_t min_entries) {
+task<> Refcounts::grow_table(std::uint64_t min_entries, Avoid avoid) {
   const std::uint64_t per_cluster = g_.cluster_size() / 8;
   std::uint64_t entries = std::max<std::uint64_t>(min_entries, reftable_.size() * 2);
   entries = (entries + per_cluster - 1) / per_cluster * per_cluster;
@@ -142,9 +142,9 @@ task<> Refcounts::grow_table(std::uint64_t min_entries) {
   const std::uint64_t clusters = entries / per_cluster;
   const Range old{reftable_offset_ >> g_.cluster_bits(), reftable_clusters_};
   reftable_.resize(entries, 0);
-  auto start = co_await find_free(free_index_, clusters, {});
+  auto start = co_await find_free(free_index_, clusters, avoid);
   if (!start) co_return start.error();
-  const Range mine{*start, clusters};
+  const Avoid mine{{*start, clusters}, avoid.a};
   for (std::uint64_t c = *start; c < *start + clusters; ++c)
     if (auto r = co_await set(c, 1, mine); !r) co_return r;
   spdlog::debug("qcow2: refcount table grows to {} clusters at {:#x}", clusters,

@@ -59,14 +59,19 @@ class Refcounts {
 
  private:
   struct Range {
-    std::uint64_t first, count;  // clusters
+    std::uint64_t first = 0, count = 0;  // clusters
     bool contains(std::uint64_t c) const { return c >= first && c < first + count; }
   };
-  task<std::shared_ptr<Table>> block_for(std::uint64_t cluster, bool create, Range avoid);
-  task<> ensure_block(std::uint64_t reftable_index, Range avoid);
-  task<> set(std::uint64_t cluster, std::uint64_t value, Range avoid);
-  task<std::uint64_t> find_free(std::uint64_t from, std::uint64_t n, Range avoid);
-  task<> grow_table(std::uint64_t min_entries);
+  // Clusters chosen but not yet counted: new metadata must not land there.
+  struct Avoid {
+    Range a, b;
+    bool contains(std::uint64_t c) const { return a.contains(c) || b.contains(c); }
+  };
+  task<std::shared_ptr<Table>> block_for(std::uint64_t cluster, bool create, Avoid avoid);
+  task<> ensure_block(std::uint64_t reftable_index, Avoid avoid);
+  task<> set(std::uint64_t cluster, std::uint64_t value, Avoid avoid);
+  task<std::uint64_t> find_free(std::uint64_t from, std::uint64_t n, Avoid avoid);
+  task<> grow_table(std::uint64_t min_entries, Avoid avoid);
   std::uint64_t max_clusters() const;
 
   io::File& file_;
