@@ -36,6 +36,64 @@ std::uint64_t disk_usage(const std::string& path) {
   return static_cast<std::uint64_t>(st.st_blocks) * 512;
 }
 
+struct BitmapInfo {
+  std::string name;
+  std::uint64_t granularity = 0;
+  std::vector<std::string> flags;  // in qemu's order: "in-use", "auto"
+};
+
+std::vector<BitmapInfo> read_bitmaps(qcow2::SyncRunner& run, io::File& file, const ImageMeta& m) {
+  std::vector<BitmapInfo> out;
+  const auto& b = m.header.bitmaps;
+  if (!b || b->directory_size > (64ull << 20)) return out;
+  std::vector<std::byte> dir(b->directory_size);
+  if (!run.run(file.read_at(b->directory_offset, dir))) return out;
+  std::uint64_t pos = 0;
+  for (std::uint32_t n = 0; n < b->nb_bitmaps && pos + 24 <= dir.size(); ++n) {
+    const std::byte* p = dir.data() + pos;
+    const std::uint32_t flags = qcow2::format::load_be32(p + 12);
+    const unsigned gran_bits = std::to_integer<unsigned>(p[17]);
+    const std::uint16_t name_size = qcow2::format::load_be16(p + 18);
+    const std::uint32_t extra = qcow2::format::load_be32(p + 20);
+    if (pos + 24 + extra + name_size > dir.size() || gran_bits > 63) break;
+    BitmapInfo bi;
+    bi.name.assign(reinterpret_cast<const char*>(p + 24 + extra), name_size);
+    bi.granularity = 1ull << gran_bits;
+    if (flags & 1) bi.flags.push_back("in-use");
+    if (flags & 2) bi.flags.push_back("auto");
+    out.push_back(std::move(bi));
+    pos += (24 + std::uint64_t{extra} + name_size + 7) & ~7ull;
+  }
+  return out;
+}
+
+void print_human_bitmaps(const std::vector<BitmapInfo>& bitmaps) {
+  if (bitmaps.empty()) return;
+  std::printf("    bitmaps:\n");
+  for (std::size_t i = 0; i < bitmaps.size(); ++i) {
+    std::printf("        [%zu]:\n            flags:\n", i);
+    for (std::size_t j = 0; j < bitmaps[i].flags.size(); ++j)
+      std::printf("                [%zu]: %s\n", j, bitmaps[i].flags[j].c_str());
+    std::printf("            name: %s\n            granularity: %llu\n", bitmaps[i].name.c_str(),
+                static_cast<unsigned long long>(bitmaps[i].granularity));
+  }
+}
+
+std::string json_bitmaps(const std::vector<BitmapInfo>& bitmaps) {
+  if (bitmaps.empty()) return "";
+  std::string out = "            \"bitmaps\": [\n";
+  for (std::size_t i = 0; i < bitmaps.size(); ++i) {
+    out += "                {\n                    \"flags\": [";
+    for (std::size_t j = 0; j < bitmaps[i].flags.size(); ++j)
+      out += fmt::format("{}\n                        \"{}\"", j ? "," : "", bitmaps[i].flags[j]);
+    out += bitmaps[i].flags.empty() ? "],\n" : "\n                    ],\n";
+    out += fmt::format("                    \"name\": {},\n                    \"granularity\": {}\n",
+                       json_string(bitmaps[i].name), bitmaps[i].granularity);
+    out += i + 1 < bitmaps.size() ? "                },\n" : "                }\n";
+  }
+  return out + "            ],\n";
+}
+
 std::string snapshot_line(const Snapshot& s) {
   char date[32] = "";
   const std::time_t t = s.date_sec;
@@ -50,7 +108,8 @@ std::string snapshot_line(const Snapshot& s) {
                      human_size(s.vm_state_size), date, clock, ic ? std::to_string(*ic) : "");
 }
 
-void print_human_qcow2(const std::string& path, const ImageMeta& m) {
+void print_human_qcow2(const std::string& path, const ImageMeta& m,
+                       const std::vector<BitmapInfo>& bitmaps) {
   const auto& h = m.header;
   std::printf("image: %s\nfile format: qcow2\n", path.c_str());
   std::printf("virtual size: %s (%llu bytes)\n", human_size(h.size).c_str(),
@@ -79,6 +138,7 @@ void print_human_qcow2(const std::string& path, const ImageMeta& m) {
   if (v3)
     std::printf("    lazy refcounts: %s\n",
                 h.compatible_features & qcow2::format::QCOW2_COMPAT_LAZY_REFCOUNTS ? "true" : "false");
+  print_human_bitmaps(bitmaps);
   std::printf("    refcount bits: %u\n", 1u << h.refcount_order);
   if (v3) {
     std::printf("    corrupt: %s\n",
@@ -105,7 +165,8 @@ std::string json_snapshots(const ImageMeta& m) {
   return out + "    ],\n";
 }
 
-void print_json_qcow2(const std::string& path, const ImageMeta& m) {
+void print_json_qcow2(const std::string& path, const ImageMeta& m,
+                      const std::vector<BitmapInfo>& bitmaps) {
   const auto& h = m.header;
   const bool v3 = h.version >= 3;
   std::string out = "{\n";
@@ -121,6 +182,7 @@ void print_json_qcow2(const std::string& path, const ImageMeta& m) {
   if (v3)
     out += fmt::format("            \"lazy-refcounts\": {},\n",
                        h.compatible_features & qcow2::format::QCOW2_COMPAT_LAZY_REFCOUNTS ? "true" : "false");
+  out += json_bitmaps(bitmaps);
   out += fmt::format("            \"refcount-bits\": {}{}\n", 1u << h.refcount_order, v3 ? "," : "");
   if (v3) {
     out += fmt::format("            \"corrupt\": {},\n",
@@ -176,8 +238,9 @@ int cmd_info(const Args& args) {
   } catch (const std::exception& e) {
     throw Fatal(fmt::format("Could not open '{}': {}", path, e.what()));
   }
-  if (json) print_json_qcow2(path, meta);
-  else print_human_qcow2(path, meta);
+  const auto bitmaps = read_bitmaps(run, *file, meta);
+  if (json) print_json_qcow2(path, meta, bitmaps);
+  else print_human_qcow2(path, meta, bitmaps);
   return 0;
 }
 

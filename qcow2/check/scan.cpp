@@ -245,7 +245,10 @@ task<> Checker::check_bitmaps() {
     const std::uint32_t extra = load_be32(p + 20);
     pos += (24 + std::uint64_t{extra} + name_size + 7) & ~7ull;
     inc_refcounts(table_offset, std::uint64_t{table_size} * 8);
-    if (beyond_eof(table_offset, std::uint64_t{table_size} * 8)) continue;
+    // qemu's BME_MAX_TABLE_SIZE bounds what a hostile directory makes us read.
+    constexpr std::uint32_t kMaxBitmapTable = 0x8000000;
+    if (table_size > kMaxBitmapTable || beyond_eof(table_offset, std::uint64_t{table_size} * 8))
+      continue;
     std::vector<std::byte> raw(std::uint64_t{table_size} * 8);
     QNBD_CO_TRY(co_await file_.read_at(table_offset, raw));
     for (std::uint32_t j = 0; j < table_size; ++j) {

@@ -199,6 +199,17 @@ def main():
             if name in FORMAT_SCENARIOS:
                 img = base_image(f"{fmt_name}-{name}.qcow2", *opts)
                 run_scenario(f"{fmt_name}-{name}", img, scenario, same_data)
+    # Persistent dirty bitmaps: their directory, tables and data clusters are
+    # referenced too, and a rebuild must not overwrite them.
+    for name, scenario in (("bitmaps-clean", s_clean), ("bitmaps-refcount-zero", s_refcount_zero)):
+        img = base_image(name + ".qcow2")
+        qemu_img("bitmap", "--add", img, "b0")
+        qemu_img("bitmap", "--add", "-g", "4096", img, "b1")
+        qemu_io(img, "write -P 0x3a 6M 256k")
+        run_scenario(name, img, scenario, "pristine")
+        rc, out, _ = qemu_img("info", "--output=json", img + ".ours-rall", ok=None)
+        bitmaps = json.loads(out)["format-specific"]["data"].get("bitmaps", [])
+        check_eq(sorted(b["name"] for b in bitmaps), ["b0", "b1"], f"{name}: bitmaps survive")
     img = compressed_image("compressed.qcow2")
     run_scenario("compressed-clean", img, s_clean, "pristine")
     img = compressed_image("compressed-leak.qcow2")

@@ -102,6 +102,15 @@ def main():
             "discard 1M 4k", "write -P 0x74 3M 2k")
     compare(top)
 
+    # Persistent bitmaps; one image left "in-use" by a qemu-io that was killed.
+    for killed in (False, True):
+        img = create(f"bitmaps-{killed}.qcow2", "5M")
+        qemu_img("bitmap", "--add", img, "b0")
+        qemu_img("bitmap", "--add", "-g", "512", "--disable", img, "b1")
+        cmds = ["-c", "write -P 0x21 0 64k"] + (["-c", "sigraise 9"] if killed else [])
+        run("qemu-io", "-f", "qcow2", *cmds, img, ok=None)
+        compare(img)
+
     # Internal snapshot, then more writes.
     img = create("snap.qcow2", "5M")
     fill(img)
