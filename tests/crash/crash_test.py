@@ -98,7 +98,7 @@ class Iteration:
     def crash(self):
         a, rng = self.args, self.rng
         nops = rng.randint(a.ops_min, a.ops_max)
-        depth = rng.choice([1, 4, 8, 16])
+        depth = rng.choice([1, 4, 8, 16, 32])
         kill_at = rng.randint(0, nops)
         over = 12288 if self.variant.backing else 4096
         hot = rng.randrange(0, ci.BLOCKS // ci.BLOCKS_PER_CLUSTER - HOT_CLUSTERS)
