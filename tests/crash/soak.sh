@@ -10,7 +10,9 @@ build=${1:?usage: soak.sh BUILD_DIR [ITERATIONS] [ROUNDS] [VARIANT...]}
 iterations=${2:-200}
 rounds=${3:-1}
 shift $(( $# < 3 ? $# : 3 ))
-variants=${*:-raw qcow2 qcow2-backing qcow2-snapshot qcow2-4k qcow2-compressed qcow2-lazy qcow2-lazy-backing qcow2-lazy-snapshot qcow2-lazy-4k}
+all_variants="raw qcow2 qcow2-backing qcow2-snapshot qcow2-4k qcow2-compressed
+  qcow2-lazy qcow2-lazy-backing qcow2-lazy-snapshot qcow2-lazy-4k"
+variants=${*:-$all_variants}
 here=$(cd "$(dirname "$0")" && pwd)
 QNBD=${QNBD:-$(cd "$build" && pwd)/server/qnbd}
 export QNBD PYTHONDONTWRITEBYTECODE=1
