@@ -17,7 +17,14 @@ WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/qnbd-repair-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
 IMG=$WORK/ours.qcow2
+T0=$(date +%s.%N)
 "$QNBD_IMG" create -q -f qcow2 -o preallocation=metadata,cluster_size=64k,lazy_refcounts=on "$IMG" "$SIZE"
+T1=$(date +%s.%N)
+qemu-img create -q -f qcow2 -o preallocation=metadata,cluster_size=64k "$WORK/qemu-created.qcow2" "$SIZE"
+T2=$(date +%s.%N)
+printf 'create -o preallocation=metadata %s: qnbd-img %.3f s, qemu-img %.3f s\n' "$SIZE" \
+  "$(echo "$T1 - $T0" | bc -l)" "$(echo "$T2 - $T1" | bc -l)"
+rm -f "$WORK/qemu-created.qcow2"
 
 # Dirty bit on, refcount blocks zeroed (what lazy refcounts leave behind).
 /usr/bin/python3 - "$IMG" <<'PY'

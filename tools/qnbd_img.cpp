@@ -36,6 +36,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   const Args args(argv + 2, argv + argc);
+  for (const auto& a : args)
+    if (a == "-h" || a == "--help") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
   try {
     if (cmd == "create") return cmd_create(args);
     if (cmd == "info") return cmd_info(args);
