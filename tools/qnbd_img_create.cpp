@@ -131,8 +131,26 @@ void create_qcow2(const std::string& path, const CreateOptions& o) {
 
 }  // namespace
 
+constexpr const char* kOptionHelp =
+    "Supported options:\n"
+    "  backing_file=<str>     - File name of a base image\n"
+    "  backing_fmt=<str>      - Image format of the base image (qcow2 or raw)\n"
+    "  cluster_size=<size>    - qcow2 cluster size (512 to 2M, default 64k)\n"
+    "  compat=<str>           - Compatibility level (0.10 or v2, 1.1 or v3)\n"
+    "  compression_type=<str> - Compression method used for image cluster compression (zlib, zstd)\n"
+    "  extended_l2=<bool (on/off)> - Extended L2 tables (subclusters)\n"
+    "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates\n"
+    "  preallocation=<str>    - Preallocation mode (allowed values: off, metadata, falloc, full)\n"
+    "  refcount_bits=<num>    - Width of a reference count entry in bits (1..64, power of two)\n"
+    "  size=<size>            - Virtual disk size\n";
+
 int cmd_create(const Args& args) {
   const ParsedArgs a = parse_args(args, {"-f", "-b", "-F", "-o"}, {"-q", "-u"});
+  for (const auto& [k, v] : a.options)
+    if (k == "-o" && (v == "help" || v == "?")) {
+      std::fputs(kOptionHelp, stdout);
+      return 0;
+    }
   if (a.positional.empty()) throw Fatal("Expecting image file name");
   if (a.positional.size() > 2) throw Fatal(fmt::format("Unexpected argument: {}", a.positional[2]));
   Request r;

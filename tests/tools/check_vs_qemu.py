@@ -91,6 +91,20 @@ def s_qemu_leaks(img, q):
     check_eq(rc, 3, "qemu-io with failing L1 updates leaked clusters")
 
 
+def s_l1_copied(img, q):
+    q.write64(q.l1_offset, q.read64(q.l1_offset) & ~(1 << 63))
+
+
+def s_l1_reserved(img, q):
+    q.write64(q.l1_offset, q.read64(q.l1_offset) | 0x100)
+
+
+def s_double_reference(img, q):
+    # Two guest clusters share one host cluster whose refcount says 1.
+    pos = q.l2_entry_pos(2 << 20)
+    q.write64(pos, (q.read64(pos) & ~0x00fffffffffffe00) | q.host_offset(1 << 20))
+
+
 def s_no_reftable(img, q):
     # iotest 060: refcount_table_clusters = 0.
     with open(img, "r+b") as f:
@@ -119,6 +133,9 @@ SCENARIOS = [
     ("qemu-leaks", s_qemu_leaks, False, "pristine-prefix"),
     ("corrupt-bit", s_corrupt_bit, False, "pristine"),
     ("no-reftable", s_no_reftable, False, "pristine"),
+    ("l1-copied", s_l1_copied, False, "pristine"),
+    ("l1-reserved", s_l1_reserved, False, "qemu"),
+    ("double-reference", s_double_reference, False, "qemu"),
 ]
 
 
