@@ -64,6 +64,11 @@ class Checker {
   bool overlaps_metadata(std::uint64_t offset, std::uint64_t size) const;
 
   result<> refresh_file_size();
+  // qemu's qcow2_signal_corruption for an unusable refcount block: reported
+  // once; a repairing check also sets the corrupt bit (cleared again if the
+  // repair succeeds).
+  task<> signal_bad_refblock(std::uint64_t cluster);
+  bool corruption_signalled_ = false;
   template <class... A>
   void say(fmt::format_string<A...> f, A&&... a) {
     ++lines_;

@@ -6,6 +6,28 @@
 
 namespace qnbd::qcow2::check {
 
+task<> Checker::signal_bad_refblock(std::uint64_t cluster) {
+  if (corruption_signalled_) co_return result<>{};
+  corruption_signalled_ = true;
+  const std::uint64_t index = geo().reftable_index(cluster);
+  if (index >= meta_.reftable.size()) co_return result<>{};
+  const std::uint64_t offset = format::reftable_block_offset(meta_.reftable[index]);
+  auto hex = [](std::uint64_t v) { return v ? fmt::format("{:#x}", v) : std::string("0"); };
+  const std::string what =
+      fmt::format("Refblock offset {} unaligned (reftable index: {})", hex(offset), hex(index));
+  if (opts_.fix == Fix::none) {
+    say("qcow2: Image is corrupt: {}; further non-fatal corruption events will be suppressed",
+        what);
+    co_return result<>{};
+  }
+  say("qcow2: Marking image as corrupt: {}; further corruption events will be suppressed", what);
+  if (meta_.header.version < 3) co_return result<>{};
+  meta_.header.incompatible_features |= format::QCOW2_INCOMPAT_CORRUPT;
+  QNBD_CO_TRY(co_await write_u64(file_, format::HDR_INCOMPATIBLE_FEATURES,
+                                 meta_.header.incompatible_features));
+  co_return co_await file_.sync();
+}
+
 task<> Checker::compare_refcounts(Fix fix, bool& rebuild, std::uint64_t& highest) {
   highest = 0;
   const std::uint64_t per_block = geo().refblock_entries();
@@ -17,6 +39,7 @@ task<> Checker::compare_refcounts(Fix fix, bool& rebuild, std::uint64_t& highest
       block_ok = b.has_value();
       block = block_ok ? *b : nullptr;
       if (!block_ok) {
+        QNBD_CO_TRY(co_await signal_bad_refblock(i));
         // Every cluster of this block is unreadable; report each as qemu does.
         for (std::uint64_t j = i; j < std::min(imrt_.size(), i + per_block); ++j) {
           say("Can't get refcount for cluster {}: {}", j, b.error().message());
