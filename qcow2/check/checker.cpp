@@ -39,6 +39,8 @@ task<> Checker::run() {
     }
     res_.corruptions = 0;
     res_.leaks = 0;
+    // Refcounts that could not be read belonged to the replaced structure.
+    res_.check_errors = pre_compare.check_errors;
     // The references changed with the new structure: count them again.
     rebuild = false;
     imrt_.clear();
