@@ -81,6 +81,13 @@ def main():
     qemu_img("create", "-q", "-f", "raw", raw, "1M")
     expect_error(["check", raw], "check: raw image", rc=63)
 
+    # Backing names are plain file paths only (CVE-2024-4467 class).
+    for k, name in enumerate(['json:{"file": {"driver": "file", "filename": "/etc/passwd"}}',
+                              "nbd://127.0.0.1:10809/x"]):
+        img = p(f"hostile-backing{k}.qcow2")
+        qnbd("create", "-q", "-u", "-f", "qcow2", "-b", name, "-F", "raw", img, "1M")
+        expect_error(["map", img], f"map refuses backing name {name!r}")
+
     truncated = p("truncated.qcow2")
     with open(truncated, "wb") as f:
         f.write(b"QFI\xfb\x00\x00\x00\x03")
