@@ -26,9 +26,14 @@ ENGINE_SRC := $(FORMAT_SRC) common/result.cpp io/memory_file.cpp backend/raw_bac
               qcow2/engine/cow_plan.cpp qcow2/engine/zero.cpp qcow2/engine/block_status.cpp \
               qcow2/engine/load.cpp qcow2/qcow2_backend.cpp
 
+CHECK_SRC := $(FORMAT_SRC) common/result.cpp io/memory_file.cpp io/uring.cpp io/uring_file.cpp \
+             $(addprefix qcow2/check/,image_meta.cpp refcount_array.cpp disk_refcounts.cpp \
+               scan.cpp compare.cpp rebuild.cpp oflag_copied.cpp checker.cpp)
+
 obj = $(patsubst %.cpp,$(OUT)/obj/%.o,$(1))
 
-TARGETS := $(OUT)/fuzz_protocol $(OUT)/fuzz_qcow2_header $(OUT)/fuzz_qcow2_open
+TARGETS := $(OUT)/fuzz_protocol $(OUT)/fuzz_qcow2_header $(OUT)/fuzz_qcow2_open \
+           $(OUT)/fuzz_qcow2_check
 all: $(TARGETS)
 
 $(OUT)/fuzz_protocol: $(call obj,tests/fuzz/fuzz_protocol.cpp $(PROTOCOL_SRC))
@@ -39,6 +44,9 @@ $(OUT)/fuzz_qcow2_header: $(call obj,tests/fuzz/fuzz_qcow2_header.cpp $(FORMAT_S
 
 $(OUT)/fuzz_qcow2_open: $(call obj,tests/fuzz/fuzz_qcow2_open.cpp $(ENGINE_SRC))
 	$(CXX) $(CXXFLAGS) -o $@ $^ -lspdlog -lfmt -lz -lzstd -pthread
+
+$(OUT)/fuzz_qcow2_check: $(call obj,tests/fuzz/fuzz_qcow2_check.cpp $(CHECK_SRC))
+	$(CXX) $(CXXFLAGS) -o $@ $^ -lspdlog -lfmt -lz -lzstd -luring -pthread
 
 # MemoryFile::readv_at memsets a null buffer for zero-length reads (load_image
 # reads a 0-entry L1 table that way): UB in the in-memory test file only (the

@@ -14,6 +14,7 @@
 #include "backend/raw_backend.h"
 #include "io/memory_file.h"
 #include "qcow2/engine/load.h"
+#include "tests/fuzz/limited_file.h"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -38,9 +39,7 @@ using namespace qnbd;
     }                                                                                 \
   } while (0)
 
-// MemoryFile is a vector, not a sparse file: cap its growth so an image
-// whose refcounts claim far-away clusters fails writes with ENOSPC instead
-// of asking for terabytes.
+// The image file never grows past this (see limited_file.h).
 constexpr std::uint64_t kFileLimit = 64u << 20;
 constexpr std::uint64_t kBackingSize = 1u << 20;
 constexpr std::uint64_t kStatusSpan = 64u << 20;  // bytes of block status per pass
@@ -76,14 +75,12 @@ T run(boost::asio::io_context& ctx, boost::asio::awaitable<T> aw) {
 
 struct Opened {
   std::unique_ptr<qcow2::Image> image;
-  io::MemoryFile* file = nullptr;  // owned by image
+  fuzz::LimitedFile* file = nullptr;  // owned by image
 };
 
 Opened open(boost::asio::io_context& ctx, std::vector<std::byte> bytes, bool read_only) {
-  auto file = std::make_unique<io::MemoryFile>(std::move(bytes));
-  file->set_yield(false);
-  file->set_size_limit(kFileLimit);
-  io::MemoryFile* raw = file.get();
+  auto file = std::make_unique<fuzz::LimitedFile>(std::move(bytes), kFileLimit);
+  fuzz::LimitedFile* raw = file.get();
   qcow2::LoadOptions o;
   o.name = "fuzz.qcow2";
   o.read_only = read_only;

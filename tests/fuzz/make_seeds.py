@@ -114,6 +114,13 @@ def qcow2_seeds(tmp):
     run("qemu-io", "-f", "qcow2", "-c", "write -P 0x77 0 2k", snap, cwd=tmp)
     run("qemu-img", "snapshot", "-c", "second-with-a-longer-name", snap, cwd=tmp)
     images["snapshot"] = snap
+    # Left dirty by a killed writer with lazy refcounts (refcounts stale).
+    dirty = os.path.join(tmp, "dirty.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512,lazy_refcounts=on",
+        dirty, "256K", cwd=tmp)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 4k", "-c", "write 32k 1k",
+                    "-c", "sigraise 9", dirty], cwd=tmp, stdout=subprocess.DEVNULL)
+    images["dirty"] = dirty
     bitmap = os.path.join(tmp, "bitmap.qcow2")
     run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", bitmap, "256K",
         cwd=tmp)
@@ -146,6 +153,7 @@ def qcow2_seeds(tmp):
         # The open fuzzer wants whole images: only the small ones.
         if len(data) <= 24576:
             write("fuzz_qcow2_open", name, data)
+            write("fuzz_qcow2_check", name, data)
 
 
 def main():
