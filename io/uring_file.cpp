@@ -1,5 +1,8 @@
 #include "io/uring_file.h"
 
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/container/small_vector.hpp>
 
 #include <fcntl.h>
@@ -8,12 +11,17 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <new>
 #include <cstring>
 
 namespace qnbd::io {
 namespace {
 
 constexpr unsigned kMaxIov = IOV_MAX;
+
+struct Unaligned {
+  void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t(4096)); }
+};
 
 // Drops the first `n` bytes from an iovec array in place.
 void consume(boost::container::small_vector<iovec, 8>& v, std::size_t n) {
@@ -60,7 +68,64 @@ boost::asio::awaitable<int> UringFile::rw(bool write, std::uint64_t offset, cons
   });
 }
 
+bool UringFile::aligned(std::uint64_t offset, std::span<const iovec> iov) const {
+  const std::uint64_t a = alignment();
+  if (offset % a) return false;
+  for (const auto& v : iov)
+    if (reinterpret_cast<std::uintptr_t>(v.iov_base) % a || v.iov_len % a) return false;
+  return true;
+}
+
+// O_DIRECT needs aligned offsets, lengths and memory; metadata I/O (headers,
+// single table entries) is not. Such requests go through an aligned bounce
+// buffer covering the whole blocks they touch.
+task<> UringFile::bounce_read(std::uint64_t start, std::span<std::byte> blocks) {
+  std::size_t done = 0;
+  while (done < blocks.size()) {
+    iovec v{blocks.data() + done, blocks.size() - done};
+    int r = co_await rw(false, start + done, &v, 1);
+    if (r == -EINTR || r == -EAGAIN) continue;
+    if (r < 0) co_return errno_error(-r);
+    if (r == 0) break;
+    done += static_cast<std::size_t>(r);
+    if (done % alignment()) break;  // end of file inside a block
+  }
+  std::memset(blocks.data() + done, 0, blocks.size() - done);
+  co_return result<>{};
+}
+
+task<> UringFile::bounced(bool write, std::uint64_t offset, std::span<const iovec> iov) {
+  const std::uint64_t a = alignment();
+  const std::uint64_t len = iov_bytes(iov);
+  const std::uint64_t start = offset / a * a;
+  const std::uint64_t end = (offset + len + a - 1) / a * a;
+  std::unique_ptr<std::byte[], Unaligned> mem(
+      static_cast<std::byte*>(::operator new[](end - start, std::align_val_t(4096))));
+  std::span<std::byte> blocks(mem.get(), end - start);
+  std::byte* p = blocks.data() + (offset - start);
+  if (!write || end - start <= 2 * a) {
+    // Reads need every block; short writes keep the bytes around them.
+    if (!write || start != offset || end != offset + len)
+      if (auto r = co_await bounce_read(start, blocks); !r) co_return r;
+  } else {
+    // Longer writes only need the partial edge blocks read first.
+    if (start != offset)
+      if (auto r = co_await bounce_read(start, blocks.first(a)); !r) co_return r;
+    if (end != offset + len)
+      if (auto r = co_await bounce_read(end - a, blocks.last(a)); !r) co_return r;
+  }
+  for (const auto& v : iov) {
+    if (write) std::memcpy(p, v.iov_base, v.iov_len);
+    else std::memcpy(v.iov_base, p, v.iov_len);
+    p += v.iov_len;
+  }
+  if (!write) co_return result<>{};
+  const iovec whole{blocks.data(), blocks.size()};
+  co_return co_await raw_writev(start, std::span<const iovec>(&whole, 1));
+}
+
 task<> UringFile::readv_at(std::uint64_t offset, std::span<const iovec> iov) {
+  if (direct_ && !aligned(offset, iov)) co_return co_await bounced(false, offset, iov);
   boost::container::small_vector<iovec, 8> left(iov.begin(), iov.end());
   consume(left, 0);  // zero-length entries would read as end of file
   while (!left.empty()) {
@@ -80,6 +145,28 @@ task<> UringFile::readv_at(std::uint64_t offset, std::span<const iovec> iov) {
 
 task<> UringFile::writev_at(std::uint64_t offset, std::span<const iovec> iov) {
   if (read_only_) co_return make_error_code(errc::read_only);
+  if (direct_ && !aligned(offset, iov)) {
+    // Two bounced writes may share an edge block while touching different
+    // bytes of it: one at a time, or one read-modify-write undoes the other.
+    auto ex = co_await boost::asio::this_coro::executor;
+    while (bounce_busy_) {
+      boost::asio::steady_timer t(ex, boost::asio::steady_timer::time_point::max());
+      bounce_waiters_.push_back(&t);
+      co_await t.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+    }
+    bounce_busy_ = true;
+    auto r = co_await bounced(true, offset, iov);
+    bounce_busy_ = false;
+    if (!bounce_waiters_.empty()) {
+      bounce_waiters_.front()->cancel();
+      bounce_waiters_.pop_front();
+    }
+    co_return r;
+  }
+  co_return co_await raw_writev(offset, iov);
+}
+
+task<> UringFile::raw_writev(std::uint64_t offset, std::span<const iovec> iov) {
   boost::container::small_vector<iovec, 8> left(iov.begin(), iov.end());
   consume(left, 0);  // zero-length entries would look like a full disk
   while (!left.empty()) {

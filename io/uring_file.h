@@ -5,6 +5,9 @@
 #include "io/file.h"
 #include "io/uring.h"
 
+#include <boost/asio/steady_timer.hpp>
+
+#include <deque>
 #include <memory>
 #include <string>
 
@@ -41,10 +44,16 @@ class UringFile final : public File {
   UringFile(Ring& ring, int fd, bool ro, bool direct)
       : ring_(ring), fd_(fd), read_only_(ro), direct_(direct) {}
   task<> fallocate(int mode, std::uint64_t offset, std::uint64_t length);
+  bool aligned(std::uint64_t offset, std::span<const iovec> iov) const;
+  task<> bounce_read(std::uint64_t start, std::span<std::byte> blocks);
+  task<> bounced(bool write, std::uint64_t offset, std::span<const iovec> iov);
+  task<> raw_writev(std::uint64_t offset, std::span<const iovec> iov);
   boost::asio::awaitable<int> rw(bool write, std::uint64_t offset, const iovec* iov,
                                  unsigned n);
 
   Ring& ring_;
+  bool bounce_busy_ = false;
+  std::deque<boost::asio::steady_timer*> bounce_waiters_;
   int fd_;
   bool read_only_;
   bool direct_;
