@@ -176,6 +176,8 @@ def profile(bench, say):
     out = callgrind(bench, wl["a-qd1"], cg_targets)
     for name in ("a-qd1", "a-qd32", "b"):
         out += strace_counts(bench, wl[name], tg)
+    for name in ("c", "d"):  # allocating writes: where the loop may block
+        out += strace_counts(bench, wl[name], tg, n=3000)
     out += strace_counts(bench, wl["f"], workloads.TARGETS["flush"], n=500)
     for line in out:
         say(line)
