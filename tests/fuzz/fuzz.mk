@@ -20,15 +20,16 @@ HARNESS_WARN := -Wall -Wextra -Werror
 PROTOCOL_SRC := server/protocol.cpp
 FORMAT_SRC := qcow2/format/header.cpp qcow2/format/entries.cpp qcow2/format/snapshot.cpp \
               qcow2/format/compression.cpp
+CHECK_ONLY_SRC := io/uring.cpp io/uring_file.cpp \
+                  $(addprefix qcow2/check/,image_meta.cpp refcount_array.cpp disk_refcounts.cpp \
+                    scan.cpp compare.cpp rebuild.cpp oflag_copied.cpp checker.cpp)
 ENGINE_SRC := $(FORMAT_SRC) common/result.cpp io/memory_file.cpp backend/raw_backend.cpp \
               qcow2/engine/table_cache.cpp qcow2/engine/refcounts.cpp qcow2/engine/image.cpp \
               qcow2/engine/mapping.cpp qcow2/engine/read.cpp qcow2/engine/write.cpp \
               qcow2/engine/cow_plan.cpp qcow2/engine/zero.cpp qcow2/engine/block_status.cpp \
-              qcow2/engine/load.cpp qcow2/qcow2_backend.cpp
+              qcow2/engine/load.cpp qcow2/qcow2_backend.cpp $(CHECK_ONLY_SRC)
 
-CHECK_SRC := $(FORMAT_SRC) common/result.cpp io/memory_file.cpp io/uring.cpp io/uring_file.cpp \
-             $(addprefix qcow2/check/,image_meta.cpp refcount_array.cpp disk_refcounts.cpp \
-               scan.cpp compare.cpp rebuild.cpp oflag_copied.cpp checker.cpp)
+CHECK_SRC := $(FORMAT_SRC) common/result.cpp io/memory_file.cpp $(CHECK_ONLY_SRC)
 
 obj = $(patsubst %.cpp,$(OUT)/obj/%.o,$(1))
 
@@ -43,7 +44,7 @@ $(OUT)/fuzz_qcow2_header: $(call obj,tests/fuzz/fuzz_qcow2_header.cpp $(FORMAT_S
 	$(CXX) $(CXXFLAGS) -o $@ $^ -lfmt -lz -lzstd
 
 $(OUT)/fuzz_qcow2_open: $(call obj,tests/fuzz/fuzz_qcow2_open.cpp $(ENGINE_SRC))
-	$(CXX) $(CXXFLAGS) -o $@ $^ -lspdlog -lfmt -lz -lzstd -pthread
+	$(CXX) $(CXXFLAGS) -o $@ $^ -lspdlog -lfmt -lz -lzstd -luring -pthread
 
 $(OUT)/fuzz_qcow2_check: $(call obj,tests/fuzz/fuzz_qcow2_check.cpp $(CHECK_SRC))
 	$(CXX) $(CXXFLAGS) -o $@ $^ -lspdlog -lfmt -lz -lzstd -luring -pthread
