@@ -5,8 +5,10 @@
 #include "qcow2/open.h"
 
 #include "backend/raw_backend.h"
+#include "qcow2/check/check.h"
 #include "io/uring_file.h"
 #include "qcow2/engine/load.h"
+#include "qcow2/format/constants.h"
 #include "qcow2/qcow2_backend.h"
 
 #include <spdlog/spdlog.h>
@@ -37,6 +39,15 @@ bool looks_like_protocol(const std::string& name) {
   return name.find('/') == std::string::npos || name.find('/') > colon;
 }
 
+// The dirty bit (v3 incompatible feature 0), read straight from the header.
+bool has_dirty_bit(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  unsigned char h[80] = {};
+  if (!f.read(reinterpret_cast<char*>(h), sizeof h)) return false;
+  const unsigned version = (h[4] << 24) | (h[5] << 16) | (h[6] << 8) | h[7];
+  return version >= 3 && (h[79] & format::QCOW2_INCOMPAT_DIRTY) != 0;
+}
+
 std::string canonical(const std::string& path) {
   char buf[PATH_MAX];
   if (!::realpath(path.c_str(), buf)) return path;
@@ -63,6 +74,16 @@ class ChainOpener final : public BackingResolver {
     if (fmt.empty()) fmt = has_qcow2_magic(path) ? "qcow2" : "raw";
     if (fmt == "raw") co_return std::make_unique<RawBackend>(std::move(*file));
     if (fmt != "qcow2") throw std::runtime_error(path + ": unsupported image format '" + fmt + "'");
+    if (!read_only && has_dirty_bit(path)) {
+      // Refcounts may be stale (lazy refcounts and a crash): rebuild them
+      // before the first allocation trusts them, as QEMU does on open.
+      spdlog::warn("{}: dirty bit set; repairing refcounts before serving", path);
+      auto r = co_await check::repair_dirty_image(ring_, path);
+      if (!r) throw std::runtime_error(path + ": could not repair dirty image: " +
+                                       r.error().message());
+      spdlog::info("{}: repaired ({} leaks and {} corruptions fixed)", path, r->leaks_fixed,
+                   r->corruptions_fixed);
+    }
     chain_.push_back(real);
     dirs_.push_back(directory_of(path));
     LoadOptions lo;

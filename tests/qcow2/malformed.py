@@ -119,17 +119,36 @@ def table_cases(tmp, failures):
 
 
 def flag_cases(tmp, failures):
-    # Corrupt and dirty images are served read-only.
-    for name, bit in [("corrupt", 1 << 1), ("dirty", 1 << 0)]:
-        img = f"{tmp}/{name}.qcow2"
-        make(img)
-        poke(img, 72, ">Q", bit)
-        p = run(DRIVER, "ops", img, stdin="write 0 512 1\n")
-        if p.returncode != 1 or "read-only" not in p.stderr:
-            failures.append(f"{name}: write should fail read-only: {p.returncode} {p.stderr!r}")
-        p = run(DRIVER, "dump", img, img + ".dump")
-        if p.returncode != 0:
-            failures.append(f"{name}: reads should work: {p.stderr!r}")
+    # A corrupt image is served read-only.
+    img = f"{tmp}/corrupt.qcow2"
+    make(img)
+    poke(img, 72, ">Q", 1 << 1)
+    p = run(DRIVER, "ops", img, stdin="write 0 512 1\n")
+    if p.returncode != 1 or "read-only" not in p.stderr:
+        failures.append(f"corrupt: write should fail read-only: {p.returncode} {p.stderr!r}")
+    p = run(DRIVER, "dump", img, img + ".dump")
+    if p.returncode != 0:
+        failures.append(f"corrupt: reads should work: {p.stderr!r}")
+    # A dirty image whose refcounts are wrong (as after a crash in lazy
+    # refcounts mode) is repaired on a read-write open, then written safely.
+    img = f"{tmp}/dirty.qcow2"
+    make(img)
+    poke(img, 72, ">Q", 1 << 0)
+    refblock = peek(img, peek(img, 48, ">Q"), ">Q")
+    data = peek(img, peek(img, peek(img, 40, ">Q"), ">Q") & 0x00fffffffffffe00, ">Q")
+    poke(img, refblock + 2 * ((data & 0x00fffffffffffe00) >> 16), ">H", 0)
+    p = run(DRIVER, "ops", img, stdin="write 1048576 200000 7\nflush\n")
+    if p.returncode != 0:
+        failures.append(f"dirty: repair and write failed: {p.returncode} {p.stderr!r}")
+    p = run("qemu-img", "check", img)
+    if p.returncode != 0:
+        failures.append(f"dirty: not clean after repair ({p.returncode}): {p.stdout}")
+    if peek(img, 72, ">Q") & 1:
+        failures.append("dirty: dirty bit still set")
+    p = run("qemu-io", "-f", "qcow2", "-c", "read -P 0x33 0 128k", "-c",
+            "read -P 7 1048576 200000", img)
+    if p.returncode != 0 or "Pattern verification failed" in p.stdout:
+        failures.append(f"dirty: contents wrong after repair: {p.stdout}")
     img = f"{tmp}/truncated.qcow2"
     with open(img, "wb") as f:
         f.write(b"QFI\xfb\x00\x00")
