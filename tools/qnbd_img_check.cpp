@@ -107,7 +107,8 @@ int cmd_check(const Args& args) {
     return 63;
   }
   CheckResult r = run_check(path, fix, quiet);
-  if (r.corruptions_fixed || r.leaks_fixed) {
+  // Like qemu-img: a repair that stopped early is not double-checked.
+  if (r.failure.empty() && (r.corruptions_fixed || r.leaks_fixed)) {
     if (!json && !quiet)
       std::printf("The following inconsistencies were found and repaired:\n\n"
                   "    %lld leaked clusters\n    %lld corruptions\n\n"

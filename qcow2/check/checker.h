@@ -61,13 +61,15 @@ class Checker {
                          std::vector<std::uint64_t>& reftable, bool& grown);
   // oflag_copied.cpp
   task<> check_oflag_copied(Fix fix);
-  bool overlaps_metadata(std::uint64_t offset, std::uint64_t size) const;
+  // The metadata section a write would overlap (qemu's names), or nullptr.
+  const char* overlaps_metadata(std::uint64_t offset, std::uint64_t size) const;
 
   result<> refresh_file_size();
   // qemu's qcow2_signal_corruption for an unusable refcount block: reported
   // once; a repairing check also sets the corrupt bit (cleared again if the
   // repair succeeds).
   task<> signal_bad_refblock(std::uint64_t cluster);
+  task<> signal_corruption(const std::string& what);
   bool corruption_signalled_ = false;
   template <class... A>
   void say(fmt::format_string<A...> f, A&&... a) {

@@ -6,15 +6,9 @@
 
 namespace qnbd::qcow2::check {
 
-task<> Checker::signal_bad_refblock(std::uint64_t cluster) {
+task<> Checker::signal_corruption(const std::string& what) {
   if (corruption_signalled_) co_return result<>{};
   corruption_signalled_ = true;
-  const std::uint64_t index = geo().reftable_index(cluster);
-  if (index >= meta_.reftable.size()) co_return result<>{};
-  const std::uint64_t offset = format::reftable_block_offset(meta_.reftable[index]);
-  auto hex = [](std::uint64_t v) { return v ? fmt::format("{:#x}", v) : std::string("0"); };
-  const std::string what =
-      fmt::format("Refblock offset {} unaligned (reftable index: {})", hex(offset), hex(index));
   if (opts_.fix == Fix::none) {
     say("qcow2: Image is corrupt: {}; further non-fatal corruption events will be suppressed",
         what);
@@ -26,6 +20,15 @@ task<> Checker::signal_bad_refblock(std::uint64_t cluster) {
   QNBD_CO_TRY(co_await write_u64(file_, format::HDR_INCOMPATIBLE_FEATURES,
                                  meta_.header.incompatible_features));
   co_return co_await file_.sync();
+}
+
+task<> Checker::signal_bad_refblock(std::uint64_t cluster) {
+  const std::uint64_t index = geo().reftable_index(cluster);
+  if (index >= meta_.reftable.size()) co_return result<>{};
+  const std::uint64_t offset = format::reftable_block_offset(meta_.reftable[index]);
+  auto hex = [](std::uint64_t v) { return v ? fmt::format("{:#x}", v) : std::string("0"); };
+  co_return co_await signal_corruption(
+      fmt::format("Refblock offset {} unaligned (reftable index: {})", hex(offset), hex(index)));
 }
 
 task<> Checker::compare_refcounts(Fix fix, bool& rebuild, std::uint64_t& highest) {

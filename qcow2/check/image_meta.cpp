@@ -1,5 +1,7 @@
 #include "qcow2/check/image_meta.h"
 
+#include "qcow2/check/snapshot_scan.h"
+
 #include "qcow2/format/endian.h"
 
 #include <fmt/format.h>
@@ -26,7 +28,7 @@ boost::asio::awaitable<std::vector<std::uint64_t>> read_u64_table(io::File& file
   co_return out;
 }
 
-boost::asio::awaitable<void> load_snapshots(io::File& file, ImageMeta& m) {
+boost::asio::awaitable<void> load_snapshots(io::File& file, ImageMeta& m, bool for_check) {
   m.snapshots.clear();
   m.snapshots_size = 0;
   const auto& h = m.header;
@@ -41,7 +43,8 @@ boost::asio::awaitable<void> load_snapshots(io::File& file, ImageMeta& m) {
   std::vector<std::byte> raw(len);
   if (auto r = co_await file.read_at(h.snapshots_offset, raw); !r)
     throw io_failure("snapshot table", r.error());
-  m.snapshots = format::parse_snapshot_table(raw, h.nb_snapshots, h);
+  m.snapshots = for_check ? parse_snapshots_for_check(raw, h.nb_snapshots, h)
+                          : format::parse_snapshot_table(raw, h.nb_snapshots, h);
   m.snapshots_size = format::encode_snapshot_table(m.snapshots).size();
 }
 
@@ -68,7 +71,7 @@ boost::asio::awaitable<ImageMeta> load_image_meta(io::File& file, bool for_check
   m.l1 = co_await read_u64_table(file, h.l1_table_offset, h.l1_size);
   m.reftable = co_await read_u64_table(
       file, h.refcount_table_offset, std::uint64_t{h.refcount_table_clusters} * m.cluster_size() / 8);
-  co_await load_snapshots(file, m);
+  co_await load_snapshots(file, m, for_check);
   co_return m;
 }
 

@@ -40,8 +40,10 @@ boost::asio::awaitable<std::vector<std::uint64_t>> read_u64_table(io::File& file
                                                                   std::uint64_t offset,
                                                                   std::uint64_t count);
 
-// Reads the snapshot table into meta.snapshots / meta.snapshots_size.
-boost::asio::awaitable<void> load_snapshots(io::File& file, ImageMeta& meta);
+// Reads the snapshot table into meta.snapshots / meta.snapshots_size;
+// `for_check` keeps entries with bad L1 tables for the checker to report.
+boost::asio::awaitable<void> load_snapshots(io::File& file, ImageMeta& meta,
+                                            bool for_check = false);
 
 // Writes one 64-bit table entry (L1 entry, reftable entry...) in place.
 task<> write_u64(io::File& file, std::uint64_t offset, std::uint64_t value);

@@ -7,20 +7,20 @@ namespace qnbd::qcow2::check {
 
 using namespace format;
 
-bool Checker::overlaps_metadata(std::uint64_t offset, std::uint64_t size) const {
+const char* Checker::overlaps_metadata(std::uint64_t offset, std::uint64_t size) const {
   auto hit = [&](std::uint64_t o, std::uint64_t s) {
     return s && offset < o + s && o < offset + size;
   };
   const Header& h = meta_.header;
-  if (hit(0, cs())) return true;
-  if (hit(h.l1_table_offset, std::uint64_t{h.l1_size} * 8)) return true;
-  if (hit(h.refcount_table_offset, meta_.reftable.size() * 8)) return true;
-  if (hit(h.snapshots_offset, meta_.snapshots_size)) return true;
+  if (hit(0, cs())) return "qcow2_header";
+  if (hit(h.l1_table_offset, std::uint64_t{h.l1_size} * 8)) return "active L1 table";
+  if (hit(h.refcount_table_offset, meta_.reftable.size() * 8)) return "refcount table";
+  if (hit(h.snapshots_offset, meta_.snapshots_size)) return "snapshot table";
   for (const auto& sn : meta_.snapshots)
-    if (hit(sn.l1_table_offset, std::uint64_t{sn.l1_size} * 8)) return true;
+    if (hit(sn.l1_table_offset, std::uint64_t{sn.l1_size} * 8)) return "inactive L1 table";
   for (std::uint64_t e : meta_.reftable)
-    if (hit(reftable_block_offset(e), reftable_block_offset(e) ? cs() : 0)) return true;
-  return false;
+    if (hit(reftable_block_offset(e), reftable_block_offset(e) ? cs() : 0)) return "refcount block";
+  return nullptr;
 }
 
 task<> Checker::check_oflag_copied(Fix fix) {
@@ -79,7 +79,9 @@ task<> Checker::check_oflag_copied(Fix fix) {
       }
     }
     if (dirty == 0) continue;
-    if (overlaps_metadata(l2_offset, cs())) {
+    if (const char* section = overlaps_metadata(l2_offset, cs())) {
+      QNBD_CO_TRY(co_await signal_corruption(fmt::format(
+          "Preventing invalid write on metadata (overlaps with {})", section)));
       say("ERROR: Could not write L2 table; metadata overlap check failed: {}",
           "Input/output error");
       ++res_.check_errors;

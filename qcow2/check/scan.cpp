@@ -48,8 +48,23 @@ task<> Checker::calculate_refcounts(Fix fix, bool& rebuild) {
   const Header& h = meta_.header;
   inc_refcounts(0, cs());
   QNBD_CO_TRY(co_await check_l1(h.l1_table_offset, h.l1_size, true, fix));
-  for (const auto& sn : meta_.snapshots)
+  for (const auto& sn : meta_.snapshots) {
+    if (!geo().cluster_aligned(sn.l1_table_offset)) {
+      say("ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot "
+          "table entry corrupted",
+          sn.id, sn.name, sn.l1_table_offset);
+      ++res_.corruptions;
+      continue;
+    }
+    if (sn.l1_size > QCOW_MAX_L1_SIZE / 8) {
+      say("ERROR snapshot {} ({}) l1_size={:#x}: L1 table is too large; snapshot table entry "
+          "corrupted",
+          sn.id, sn.name, sn.l1_size);
+      ++res_.corruptions;
+      continue;
+    }
     QNBD_CO_TRY(co_await check_l1(sn.l1_table_offset, sn.l1_size, false, fix));
+  }
   inc_refcounts(h.snapshots_offset, meta_.snapshots_size);
   inc_refcounts(h.refcount_table_offset, meta_.reftable.size() * 8);
   if (h.crypto_header) inc_refcounts(h.crypto_header->offset, h.crypto_header->length);

@@ -118,6 +118,18 @@ def s_refblock_shared(img, q):
     q.write64(q.reftable_offset + 8, q.read64(q.reftable_offset))
 
 
+def s_snapshot_l1_unaligned(img, q):
+    table = q.read64(64)  # snapshots_offset
+    q.write64(table, q.read64(table) + 0x200)
+
+
+def s_snapshot_l1_too_large(img, q):
+    table = q.read64(64)
+    with open(img, "r+b") as f:
+        f.seek(table + 8)
+        f.write((0x1000000).to_bytes(4, "big"))
+
+
 def s_no_reftable(img, q):
     # iotest 060: refcount_table_clusters = 0.
     with open(img, "r+b") as f:
@@ -147,6 +159,8 @@ SCENARIOS = [
     ("corrupt-bit", s_corrupt_bit, False, "pristine"),
     ("no-reftable", s_no_reftable, False, "pristine"),
     ("l1-copied", s_l1_copied, False, "pristine"),
+    ("snapshot-l1-unaligned", s_snapshot_l1_unaligned, True, "qemu"),
+    ("snapshot-l1-too-large", s_snapshot_l1_too_large, True, "qemu"),
     ("refblock-outside", s_refblock_outside, False, "pristine"),
     ("refblock-unaligned", s_refblock_unaligned, False, "ours-pristine"),
     ("refblock-shared", s_refblock_shared, False, "pristine"),
