@@ -53,11 +53,11 @@ task<> MemoryFile::readv_at(std::uint64_t offset, std::span<const iovec> iov) {
   for (const auto& v : iov) {
     auto* out = static_cast<std::byte*>(v.iov_base);
     std::size_t n = 0;
-    if (offset < data_.size()) {
+    if (offset < data_.size() && v.iov_len) {
       n = std::min<std::size_t>(v.iov_len, data_.size() - offset);
       std::memcpy(out, data_.data() + offset, n);
     }
-    std::memset(out + n, 0, v.iov_len - n);  // past EOF reads zeros
+    if (v.iov_len > n) std::memset(out + n, 0, v.iov_len - n);  // past EOF reads zeros
     offset += v.iov_len;
     stats_.bytes_read += v.iov_len;
   }

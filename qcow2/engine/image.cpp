@@ -20,10 +20,17 @@ Image::Image(std::unique_ptr<io::File> file, Header header, std::vector<std::uin
       backing_(std::move(backing)),
       backing_size_(backing_ ? backing_->size() : 0),
       l2_cache_(*file_, g_.cluster_size(), cfg.l2_cache_tables),
+      metadata_(g_.cluster_bits()),
       refcounts_(*file_, g_, header_.refcount_table_offset, header_.refcount_table_clusters,
-                 std::move(reftable), cfg.refcount_cache_tables),
+                 std::move(reftable), cfg.refcount_cache_tables, metadata_),
       name_(std::move(cfg.name)),
-      read_only_(cfg.read_only) {}
+      read_only_(cfg.read_only) {
+  metadata_.add(0, g_.cluster_size());
+  metadata_.add(header_.l1_table_offset, std::uint64_t{header_.l1_size} * 8);
+  for (std::uint64_t e : l1_)
+    if (l1_l2_offset(e)) metadata_.add(l1_l2_offset(e), g_.cluster_size());
+  for (auto [off, bytes] : cfg.other_metadata) metadata_.add(off, bytes);
+}
 
 result<> Image::check_writable() const {
   if (read_only_) return make_error_code(errc::read_only);
@@ -62,6 +69,14 @@ task<> Image::flush() {
 }
 
 task<> Image::flush_metadata() {
+  if (corrupt_ && !corrupt_on_disk_ && header_.version >= 3) {
+    // As QEMU: the image stays marked until `qemu-img check -r all`.
+    std::byte b[8];
+    store_be64(b, header_.incompatible_features | QCOW2_INCOMPAT_CORRUPT);
+    if (auto r = co_await file_->write_at(HDR_INCOMPATIBLE_FEATURES, b); !r) co_return r;
+    if (auto r = co_await file_->sync(); !r) co_return r;
+    corrupt_on_disk_ = true;
+  }
   const bool l2_dirty = l2_cache_.dirty_count() > 0;
   const bool l1_dirty = !l1_dirty_.empty();
   bool synced = false;

@@ -20,6 +20,7 @@
 #include "io/file.h"
 #include "qcow2/engine/coro_sync.h"
 #include "qcow2/engine/inflight.h"
+#include "qcow2/engine/overlap.h"
 #include "qcow2/engine/refcounts.h"
 #include "qcow2/engine/table_cache.h"
 #include "qcow2/format/entries.h"
@@ -47,6 +48,9 @@ struct ImageConfig {
   bool read_only = false;
   std::size_t l2_cache_tables = 16;
   std::size_t refcount_cache_tables = 16;
+  // Metadata the loader found besides L1/L2/refcounts: snapshot table and
+  // snapshot L1 tables, bitmap directory ({offset, bytes}).
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> other_metadata;
 };
 
 class Image {
@@ -78,6 +82,13 @@ class Image {
   task<std::shared_ptr<Table>> l2_table_for(std::uint64_t guest);  // null if none
   result<MapKind> classify(const format::L2Entry& e, unsigned sc, std::uint64_t& host) const;
   error_code corrupt(const std::string& what);
+  // Data about to be written over a host range that holds metadata?
+  error_code alloc_error(const error_code& e) {
+    return e == errc::corrupt_image ? corrupt("allocation would overwrite metadata") : e;
+  }
+  bool hits_metadata(std::uint64_t host, std::uint64_t bytes) const {
+    return metadata_.overlaps(host, bytes);
+  }
 
   // ---- reads (read.cpp)
   task<> read_runs(const std::vector<MapRun>& runs, std::uint64_t base, std::span<std::byte> buf);
@@ -111,6 +122,7 @@ class Image {
   std::unique_ptr<BlockBackend> backing_;
   std::uint64_t backing_size_ = 0;
   TableCache l2_cache_;
+  MetadataMap metadata_;
   Refcounts refcounts_;
   Inflight inflight_;
   AsyncMutex meta_;
@@ -118,6 +130,7 @@ class Image {
   bool read_only_;
   bool corrupt_ = false;
   bool modified_ = false;
+  bool corrupt_on_disk_ = false;
 };
 
 }  // namespace qnbd::qcow2

@@ -38,20 +38,26 @@ boost::asio::awaitable<std::vector<std::uint64_t>> read_table(io::File& f, const
 
 // Snapshots are only validated here (their tables must lie in the file);
 // the engine never writes through a snapshot's L1 table.
-boost::asio::awaitable<void> check_snapshots(io::File& f, const LoadOptions& o, const Header& h,
-                                             std::uint64_t file_size) {
-  if (!h.nb_snapshots) co_return;
+using Ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+
+boost::asio::awaitable<Ranges> check_snapshots(io::File& f, const LoadOptions& o, const Header& h,
+                                               std::uint64_t file_size) {
+  Ranges out;
+  if (!h.nb_snapshots) co_return out;
   const std::uint64_t avail = std::min(file_size - h.snapshots_offset, QCOW_MAX_SNAPSHOTS_SIZE);
   std::uint64_t want = std::min<std::uint64_t>(avail, std::uint64_t{h.nb_snapshots} * 4096);
   for (;;) {
     auto raw = co_await read_exact(f, o, h.snapshots_offset, want, "snapshot table");
     try {
-      for (const Snapshot& s : parse_snapshot_table(raw, h.nb_snapshots, h)) {
+      const auto snaps = parse_snapshot_table(raw, h.nb_snapshots, h);
+      for (const Snapshot& s : snaps) {
         const std::uint64_t bytes = std::uint64_t{s.l1_size} * 8;
         if (s.l1_table_offset > file_size || bytes > file_size - s.l1_table_offset)
           fail(o, "snapshot '" + s.name + "': L1 table lies beyond the end of the file");
+        out.emplace_back(s.l1_table_offset, bytes);
       }
-      co_return;
+      out.emplace_back(h.snapshots_offset, encode_snapshot_table(snaps).size());
+      co_return out;
     } catch (const FormatError& e) {
       if (want >= avail) fail(o, e.what());
       want = std::min(avail, want * 4);
@@ -102,7 +108,8 @@ boost::asio::awaitable<std::unique_ptr<Image>> load_image(std::unique_ptr<io::Fi
   }
   bool read_only = o.read_only || file->read_only();
   apply_feature_policy(o, h, read_only);
-  co_await check_snapshots(*file, o, h, file_size);
+  auto other_metadata = co_await check_snapshots(*file, o, h, file_size);
+  if (h.bitmaps) other_metadata.emplace_back(h.bitmaps->directory_offset, h.bitmaps->directory_size);
   auto l1 = co_await read_table(*file, o, h.l1_table_offset, h.l1_size, "L1 table");
   auto reftable = co_await read_table(
       *file, o, h.refcount_table_offset,
@@ -116,6 +123,7 @@ boost::asio::awaitable<std::unique_ptr<Image>> load_image(std::unique_ptr<io::Fi
   ImageConfig cfg;
   cfg.name = o.name;
   cfg.read_only = read_only;
+  cfg.other_metadata = std::move(other_metadata);
   const std::uint64_t cover = g.l1_entries_for(h.size);  // tables to map the whole disk
   cfg.l2_cache_tables = cache_tables(
       o.l2_cache_size, std::clamp<std::uint64_t>(cover, 16, (32ull << 20) / g.cluster_size()),

@@ -12,13 +12,18 @@ using namespace format;
 
 Refcounts::Refcounts(io::File& file, const Geometry& g, std::uint64_t reftable_offset,
                      std::uint32_t reftable_clusters, std::vector<std::uint64_t> reftable,
-                     std::size_t cache_tables)
+                     std::size_t cache_tables, MetadataMap& metadata)
     : file_(file),
       g_(g),
       reftable_offset_(reftable_offset),
       reftable_clusters_(reftable_clusters),
       reftable_(std::move(reftable)),
-      cache_(file, g.cluster_size(), cache_tables) {}
+      cache_(file, g.cluster_size(), cache_tables),
+      metadata_(metadata) {
+  metadata_.add(reftable_offset_, std::uint64_t{reftable_clusters_} << g_.cluster_bits());
+  for (std::uint64_t e : reftable_)
+    if (reftable_block_offset(e)) metadata_.add(reftable_block_offset(e), g_.cluster_size());
+}
 
 std::uint64_t Refcounts::max_clusters() const {
   return (QCOW_MAX_CLUSTER_OFFSET + 1) >> g_.cluster_bits();
@@ -82,6 +87,7 @@ task<> Refcounts::ensure_block(std::uint64_t ri, Avoid avoid) {
   auto c = co_await find_free(ri * g_.refblock_entries(), 1, avoid);
   if (!c) co_return c.error();
   auto t = cache_.create(*c << g_.cluster_bits());
+  metadata_.add(*c << g_.cluster_bits(), g_.cluster_size());
   reftable_[ri] = *c << g_.cluster_bits();
   reftable_dirty_ = true;
   if (g_.reftable_index(*c) == ri) {
@@ -102,6 +108,10 @@ task<std::uint64_t> Refcounts::find_free(std::uint64_t from, std::uint64_t n, Av
       auto rc = co_await get(c);
       if (!rc) co_return rc.error();
       is_free = *rc == 0;
+      if (is_free && metadata_.contains_cluster(c)) {
+        spdlog::error("qcow2: cluster {} holds metadata but its refcount is 0", c);
+        co_return make_error_code(errc::corrupt_image);
+      }
     }
     ++c;
     if (!is_free) start = c;
@@ -151,6 +161,7 @@ task<> Refcounts::grow_table(std::uint64_t min_entries, Avoid avoid) {
                 *start << g_.cluster_bits());
   reftable_offset_ = *start << g_.cluster_bits();
   reftable_clusters_ = static_cast<std::uint32_t>(clusters);
+  metadata_.add(reftable_offset_, clusters << g_.cluster_bits());
   reftable_dirty_ = header_dirty_ = true;
   old_tables_.push_back(old);
   co_return result<>{};
@@ -175,9 +186,11 @@ task<> Refcounts::write_back() {
     if (auto r = co_await file_.sync(); !r) co_return r;
     header_dirty_ = false;
     // Nothing durable points at the old tables any more.
-    for (const Range& t : old_tables_)
+    for (const Range& t : old_tables_) {
+      metadata_.remove(t.first << g_.cluster_bits(), t.count << g_.cluster_bits());
       for (std::uint64_t c = t.first; c < t.first + t.count; ++c)
         if (auto r = co_await update(c, -1); !r) co_return r;
+    }
     old_tables_.clear();
   }
   co_return result<>{};
@@ -193,6 +206,7 @@ task<> Refcounts::apply_deferred() {
       if (auto r = co_await update(c, -1); !r) co_return r;
       auto rc = co_await get(c);
       if (rc && *rc == 0) {
+        metadata_.remove(c << g_.cluster_bits(), g_.cluster_size());
         // Freed space goes back to the filesystem; advisory.
         (void)co_await file_.punch_hole(c << g_.cluster_bits(), g_.cluster_size());
       }

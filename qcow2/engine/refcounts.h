@@ -15,6 +15,7 @@
 
 #include "common/task.h"
 #include "io/file.h"
+#include "qcow2/engine/overlap.h"
 #include "qcow2/engine/table_cache.h"
 #include "qcow2/format/geometry.h"
 
@@ -32,7 +33,7 @@ class Refcounts {
  public:
   Refcounts(io::File& file, const format::Geometry& g, std::uint64_t reftable_offset,
             std::uint32_t reftable_clusters, std::vector<std::uint64_t> reftable,
-            std::size_t cache_tables);
+            std::size_t cache_tables, MetadataMap& metadata);
 
   task<std::uint64_t> get(std::uint64_t cluster);
   // Adds `delta` (may be negative) to a cluster's refcount, now.
@@ -80,6 +81,7 @@ class Refcounts {
   std::uint32_t reftable_clusters_;
   std::vector<std::uint64_t> reftable_;
   TableCache cache_;
+  MetadataMap& metadata_;
   bool reftable_dirty_ = false;
   bool header_dirty_ = false;
   std::vector<Range> old_tables_;  // freed once the header points elsewhere

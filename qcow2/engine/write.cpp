@@ -70,6 +70,10 @@ task<> Image::write_piece(std::uint64_t offset, std::span<const std::byte> buf) 
       co_await inflight_.changed();
       continue;
     }
+    for (std::uint64_t h : hosts)
+      if (in_place && hits_metadata(h, g_.cluster_size()))
+        co_return corrupt(fmt::format("data write to host cluster {:#x} would overwrite metadata",
+                                      h));
     if (in_place) co_return co_await write_in_place(offset, buf, hosts);
     co_return co_await write_allocating(offset, buf);
   }
@@ -102,9 +106,10 @@ task<std::shared_ptr<Table>> Image::writable_l2(std::uint64_t guest) {
   const std::uint64_t old = l1_l2_offset(e);
   if (old && l1_copied(e)) co_return co_await l2_table_for(guest);
   auto runs = co_await refcounts_.allocate(1);
-  if (!runs) co_return runs.error();
+  if (!runs) co_return alloc_error(runs.error());
   const std::uint64_t fresh = runs->front().offset;
   auto t = l2_cache_.create(fresh);
+  metadata_.add(fresh, g_.cluster_size());
   if (old) {
     // Shared with a snapshot: our own copy; the old table loses a reference
     // once the L1 entry pointing at the copy is durable.
@@ -132,8 +137,12 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
     const L2Entry e = load_l2(g_, (*table)->data.data(), g_.l2_index(c << g_.cluster_bits()));
     if (!plan.add_cluster(e)) co_return corrupt(fmt::format("invalid L2 entry {:#x}", e.entry));
   }
+  for (const ClusterPlan& p : plan.clusters())
+    if (p.keep && hits_metadata(p.host, g_.cluster_size()))
+      co_return corrupt(fmt::format("data write to host cluster {:#x} would overwrite metadata",
+                                    p.host));
   auto runs = co_await refcounts_.allocate(plan.new_clusters());
-  if (!runs) co_return runs.error();
+  if (!runs) co_return alloc_error(runs.error());
   plan.assign_hosts(*runs);
   guard.unlock();
 

@@ -116,6 +116,20 @@ def table_cases(tmp, failures):
     l2 = peek(img, peek(img, 40, ">Q"), ">Q") & 0x00fffffffffffe00
     poke(img, l2, ">Q", peek(img, l2, ">Q") | 0x2)
     expect_io_error(img, failures, "l2-entry-reserved-bits")
+    # Refcounts that call the L1 table free: allocating must not overwrite it
+    # (overlap check); the write fails and the image is marked corrupt.
+    img = f"{tmp}/alloc-over-l1.qcow2"
+    make(img)
+    refblock = peek(img, peek(img, 48, ">Q"), ">Q")
+    poke(img, refblock + 2 * (peek(img, 40, ">Q") >> 16), ">H", 0)
+    p = run(DRIVER, "ops", img, stdin="write 2097152 4096 5\nflush\n")
+    if p.returncode != 1 or "corrupt" not in p.stderr:
+        failures.append(f"alloc-over-l1: expected a corrupt-image error: {p.returncode} {p.stderr!r}")
+    if not peek(img, 72, ">Q") & 2:
+        failures.append("alloc-over-l1: corrupt bit not set")
+    p = run("qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x33 0 128k", img)
+    if "Pattern verification failed" in p.stdout or p.returncode != 0:
+        failures.append(f"alloc-over-l1: data damaged: {p.stdout}{p.stderr}")
 
 
 def flag_cases(tmp, failures):
