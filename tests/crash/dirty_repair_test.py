@@ -27,7 +27,7 @@ from crash_model import BLOCK, ImageModel, Op, render_range, stamp
 from crash_server import Server, become_subreaper, is_reference
 from crash_test import compare, read_nbd, variant_seed
 
-LAZY_VARIANTS = ["qcow2-lazy", "qcow2-lazy-backing", "qcow2-lazy-snapshot"]
+LAZY_VARIANTS = sorted(name for name, v in ci.VARIANTS.items() if v.lazy)
 
 
 def qemu_io_crash(image, model, rng, workdir):
