@@ -91,6 +91,7 @@ class ChainOpener final : public BackingResolver {
     lo.read_only = read_only;
     lo.l2_cache_size = opts_.l2_cache_size;
     lo.refcount_cache_size = opts_.refcount_cache_size;
+    lo.writeback_interval = opts_.cache_clean_interval;
     auto image = co_await load_image(std::move(*file), lo, this);
     dirs_.pop_back();
     co_return std::make_unique<Qcow2Backend>(std::move(image));

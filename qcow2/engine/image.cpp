@@ -6,6 +6,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+
+#include <chrono>
+
 namespace qnbd::qcow2 {
 
 using namespace format;
@@ -24,7 +29,8 @@ Image::Image(std::unique_ptr<io::File> file, Header header, std::vector<std::uin
       refcounts_(*file_, g_, header_.refcount_table_offset, header_.refcount_table_clusters,
                  std::move(reftable), cfg.refcount_cache_tables, metadata_),
       name_(std::move(cfg.name)),
-      read_only_(cfg.read_only) {
+      read_only_(cfg.read_only),
+      writeback_interval_(cfg.writeback_interval) {
   metadata_.add(0, g_.cluster_size());
   metadata_.add(header_.l1_table_offset, std::uint64_t{header_.l1_size} * 8);
   for (std::uint64_t e : l1_)
@@ -53,7 +59,37 @@ task<> Image::mark_modified() {
     header_.autoclear_features = 0;
   }
   modified_ = true;
+  if (writeback_interval_ > 0) {
+    auto ex = co_await boost::asio::this_coro::executor;
+    writeback_timer_ = std::make_unique<boost::asio::steady_timer>(ex);
+    boost::asio::co_spawn(ex, writeback_loop(this, alive_), boost::asio::detached);
+  }
   co_return result<>{};
+}
+
+Image::~Image() {
+  *alive_ = false;  // the write-back loop may still be parked on its timer
+}
+
+bool Image::has_dirty_metadata() const {
+  return l2_cache_.dirty_count() || !l1_dirty_.empty() || refcounts_.dirty() ||
+         refcounts_.has_deferred();
+}
+
+// Dirty metadata does not wait for a FLUSH forever: after an idle interval it
+// is written back (same ordered sequence), which also applies deferred frees.
+boost::asio::awaitable<void> Image::writeback_loop(Image* self, std::shared_ptr<bool> alive) {
+  while (*alive) {
+    auto& t = *self->writeback_timer_;
+    t.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+        std::chrono::duration<double>(self->writeback_interval_)));
+    co_await t.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
+    if (!*alive) co_return;
+    if (self->has_dirty_metadata())
+      if (auto r = co_await self->flush(); !r)
+        spdlog::warn("{}: background metadata write-back failed: {}", self->name_,
+                     r.error().message());
+  }
 }
 
 // Keeps the number of dirty tables bounded by writing back early.
@@ -64,8 +100,13 @@ task<> Image::after_update() {
 
 task<> Image::flush() {
   if (read_only_) co_return result<>{};
+  const std::uint64_t mine = ++flush_requested_;
   auto guard = co_await meta_.lock();
-  co_return co_await flush_metadata();
+  if (flush_completed_ >= mine) co_return result<>{};  // a later sequence covered us
+  const std::uint64_t covers = flush_requested_;
+  auto r = co_await flush_metadata();
+  if (r) flush_completed_ = std::max(flush_completed_, covers);
+  co_return r;
 }
 
 task<> Image::flush_metadata() {
@@ -111,6 +152,8 @@ task<> Image::flush_metadata() {
 }
 
 task<> Image::close() {
+  *alive_ = false;
+  if (writeback_timer_) writeback_timer_->cancel();
   if (read_only_) co_return result<>{};
   auto guard = co_await meta_.lock();
   if (auto r = co_await flush_metadata(); !r) co_return r;

@@ -48,6 +48,7 @@ struct ImageConfig {
   bool read_only = false;
   std::size_t l2_cache_tables = 16;
   std::size_t refcount_cache_tables = 16;
+  double writeback_interval = 5.0;  // seconds; 0 = only on FLUSH/FUA/close
   // Metadata the loader found besides L1/L2/refcounts: snapshot table and
   // snapshot L1 tables, bitmap directory ({offset, bytes}).
   std::vector<std::pair<std::uint64_t, std::uint64_t>> other_metadata;
@@ -131,6 +132,19 @@ class Image {
   bool corrupt_ = false;
   bool modified_ = false;
   bool corrupt_on_disk_ = false;
+  // Group commit: a flush requested while another waits for the lock is
+  // covered by any flush sequence that starts after it was requested.
+  std::uint64_t flush_requested_ = 0;
+  std::uint64_t flush_completed_ = 0;
+  // Idle write-back of dirty metadata (cache_clean_interval).
+  double writeback_interval_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  std::unique_ptr<boost::asio::steady_timer> writeback_timer_;
+  static boost::asio::awaitable<void> writeback_loop(Image* self, std::shared_ptr<bool> alive);
+  bool has_dirty_metadata() const;
+
+ public:
+  ~Image();
 };
 
 }  // namespace qnbd::qcow2
