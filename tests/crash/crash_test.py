@@ -31,6 +31,7 @@ from crash_server import Server, become_subreaper, is_reference
 from crash_workload import HOT_CLUSTERS, Workload
 
 MAX_REPORTED = 12
+KEEP_FAILURES = 3
 
 
 def compare(data, model, durable, where):
@@ -282,11 +283,15 @@ def main():
                 if it is not None and it.server.pid is not None:
                     it.server.kill()
                 saved = os.path.join(keep, f"{variant.name}-seed{seed}")
-                shutil.rmtree(saved, ignore_errors=True)
-                shutil.copytree(top, saved, ignore=shutil.ignore_patterns("seed*", "nbd.sock"))
-                shutil.copytree(workdir, os.path.join(saved, f"seed{seed}"),
-                                ignore=shutil.ignore_patterns("nbd.sock"))
-                keep_backing_link(saved, seed, variant)
+                if len(failures) <= KEEP_FAILURES:  # images are big; seeds reproduce
+                    shutil.rmtree(saved, ignore_errors=True)
+                    shutil.copytree(top, saved,
+                                    ignore=shutil.ignore_patterns("seed*", "nbd.sock"))
+                    shutil.copytree(workdir, os.path.join(saved, f"seed{seed}"),
+                                    ignore=shutil.ignore_patterns("nbd.sock"))
+                    keep_backing_link(saved, seed, variant)
+                else:
+                    saved = "(not kept: only the first failures of a run are)"
                 notes = " ".join(it.notes) if it else ""
                 print(f"FAIL {variant.name} seed={seed} {notes}\n{e}\n"
                       f"  reproduce: QNBD={os.environ['QNBD']} /usr/bin/python3 {sys.argv[0]} "
