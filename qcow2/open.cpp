@@ -92,6 +92,7 @@ class ChainOpener final : public BackingResolver {
     lo.l2_cache_size = opts_.l2_cache_size;
     lo.refcount_cache_size = opts_.refcount_cache_size;
     lo.writeback_interval = opts_.cache_clean_interval;
+    lo.lazy_refcounts = opts_.lazy_refcounts;
     auto image = co_await load_image(std::move(*file), lo, this);
     dirs_.pop_back();
     co_return std::make_unique<Qcow2Backend>(std::move(image));
@@ -128,9 +129,6 @@ bool has_qcow2_magic(const std::string& path) {
 boost::asio::awaitable<std::unique_ptr<BlockBackend>> open_image(io::Ring& ring,
                                                                  const std::string& path,
                                                                  const OpenOptions& opts) {
-  if (opts.lazy_refcounts)
-    spdlog::warn("{}: lazy refcounts (dirty-bit mode) are not implemented yet; "
-                 "refcounts are written in order", path);
   ChainOpener opener(ring, opts);
   co_return co_await opener.open_path(path, "qcow2", opts.read_only);
 }

@@ -30,6 +30,7 @@ Image::Image(std::unique_ptr<io::File> file, Header header, std::vector<std::uin
                  std::move(reftable), cfg.refcount_cache_tables, metadata_),
       name_(std::move(cfg.name)),
       read_only_(cfg.read_only),
+      lazy_(cfg.lazy_refcounts),
       writeback_interval_(cfg.writeback_interval) {
   metadata_.add(0, g_.cluster_size());
   metadata_.add(header_.l1_table_offset, std::uint64_t{header_.l1_size} * 8);
@@ -57,6 +58,13 @@ task<> Image::mark_modified() {
     if (auto r = co_await file_->write_at(HDR_AUTOCLEAR_FEATURES, zero); !r) co_return r;
     if (auto r = co_await file_->sync(); !r) co_return r;
     header_.autoclear_features = 0;
+  }
+  if (lazy_ && !(header_.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+    // Durable before the first refcount update we defer.
+    if (auto r = co_await write_incompatible(header_.incompatible_features | QCOW2_INCOMPAT_DIRTY);
+        !r)
+      co_return r;
+    spdlog::info("{}: dirty-bit mode (lazy refcounts)", name_);
   }
   modified_ = true;
   if (writeback_interval_ > 0) {
@@ -109,19 +117,32 @@ task<> Image::flush() {
   co_return r;
 }
 
+task<> Image::write_incompatible(std::uint64_t bits) {
+  std::byte b[8];
+  store_be64(b, bits);
+  if (auto r = co_await file_->write_at(HDR_INCOMPATIBLE_FEATURES, b); !r) co_return r;
+  if (auto r = co_await file_->sync(); !r) co_return r;
+  header_.incompatible_features = bits;
+  co_return result<>{};
+}
+
 task<> Image::flush_metadata() {
   if (corrupt_ && !corrupt_on_disk_ && header_.version >= 3) {
     // As QEMU: the image stays marked until `qemu-img check -r all`.
-    std::byte b[8];
-    store_be64(b, header_.incompatible_features | QCOW2_INCOMPAT_CORRUPT);
-    if (auto r = co_await file_->write_at(HDR_INCOMPATIBLE_FEATURES, b); !r) co_return r;
-    if (auto r = co_await file_->sync(); !r) co_return r;
+    if (auto r = co_await write_incompatible(header_.incompatible_features |
+                                             QCOW2_INCOMPAT_CORRUPT);
+        !r)
+      co_return r;
     corrupt_on_disk_ = true;
   }
   const bool l2_dirty = l2_cache_.dirty_count() > 0;
   const bool l1_dirty = !l1_dirty_.empty();
   bool synced = false;
-  if (refcounts_.dirty() || l2_dirty || l1_dirty) {
+  if (lazy_ && (l2_dirty || l1_dirty)) {
+    // Stage 1, dirty-bit mode: only the data must precede the tables.
+    if (auto r = co_await file_->sync(); !r) co_return r;
+    synced = true;
+  } else if (!lazy_ && (refcounts_.dirty() || l2_dirty || l1_dirty)) {
     // Stage 1: data and refcounts durable before any L2/L1 points at them.
     if (auto r = co_await refcounts_.write_back(); !r) co_return r;
     synced = true;
@@ -157,9 +178,15 @@ task<> Image::close() {
   if (read_only_) co_return result<>{};
   auto guard = co_await meta_.lock();
   if (auto r = co_await flush_metadata(); !r) co_return r;
-  // Frees applied in stage 4 dirtied refcount blocks: write them too.
+  // Frees applied in stage 4 dirtied refcount blocks: write them too (in
+  // dirty-bit mode: all deferred refcounts), then the image is clean.
   if (refcounts_.dirty())
     if (auto r = co_await refcounts_.write_back(); !r) co_return r;
+  if (lazy_ && (header_.incompatible_features & QCOW2_INCOMPAT_DIRTY) && !corrupt_)
+    if (auto r = co_await write_incompatible(header_.incompatible_features &
+                                             ~QCOW2_INCOMPAT_DIRTY);
+        !r)
+      co_return r;
   co_return result<>{};
 }
 

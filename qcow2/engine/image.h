@@ -8,6 +8,9 @@
 // allocate and to link L2 entries, and do data I/O with the lock released.
 // flush_metadata() holds the lock for its whole ordered sequence.
 //
+// In dirty-bit mode stage 1 is only the data sync; refcounts reach the disk
+// at close, before the dirty bit is cleared (DESIGN rule 3).
+//
 // Crash ordering (DESIGN rules 1-2), enforced by flush_metadata():
 //   1. data written and refcount blocks (then refcount table, header) durable
 //   2. then dirty L2 tables, sync
@@ -49,6 +52,11 @@ struct ImageConfig {
   std::size_t l2_cache_tables = 16;
   std::size_t refcount_cache_tables = 16;
   double writeback_interval = 5.0;  // seconds; 0 = only on FLUSH/FUA/close
+  // Dirty-bit mode (lazy refcounts): the dirty bit is set durably before the
+  // first change; refcount blocks are then written only at close, after
+  // which the bit is cleared. A crash leaves a dirty image that is repaired
+  // on the next open.
+  bool lazy_refcounts = false;
   // Metadata the loader found besides L1/L2/refcounts: snapshot table and
   // snapshot L1 tables, bitmap directory ({offset, bytes}).
   std::vector<std::pair<std::uint64_t, std::uint64_t>> other_metadata;
@@ -132,6 +140,8 @@ class Image {
   bool corrupt_ = false;
   bool modified_ = false;
   bool corrupt_on_disk_ = false;
+  bool lazy_;
+  task<> write_incompatible(std::uint64_t bits);
   // Group commit: a flush requested while another waits for the lock is
   // covered by any flush sequence that starts after it was requested.
   std::uint64_t flush_requested_ = 0;

@@ -124,6 +124,8 @@ boost::asio::awaitable<std::unique_ptr<Image>> load_image(std::unique_ptr<io::Fi
   cfg.name = o.name;
   cfg.read_only = read_only;
   cfg.writeback_interval = o.writeback_interval;
+  cfg.lazy_refcounts = !read_only && h.version >= 3 &&
+                       (o.lazy_refcounts || (h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS));
   cfg.other_metadata = std::move(other_metadata);
   const std::uint64_t cover = g.l1_entries_for(h.size);  // tables to map the whole disk
   cfg.l2_cache_tables = cache_tables(
