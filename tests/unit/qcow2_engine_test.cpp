@@ -347,6 +347,30 @@ TEST_CASE("qcow2 engine: idle dirty metadata is written back without a FLUSH") {
   REQUIRE(run(ctx, image->close()).has_value());
 }
 
+TEST_CASE("qcow2 engine: dirty-bit mode defers refcounts until close") {
+  boost::asio::io_context ctx;
+  auto file = std::make_unique<io::MemoryFile>(make_image(16, 8 << 20));
+  io::MemoryFile* raw = file.get();
+  LoadOptions o;
+  o.name = "lazy";
+  o.lazy_refcounts = true;
+  o.writeback_interval = 0;
+  auto image = run(ctx, load_image(std::move(file), o, nullptr));
+  REQUIRE(run(ctx, image->write(0, pattern(65536, 1), false)).has_value());
+  REQUIRE(run(ctx, image->flush()).has_value());
+  // Flushed: the data is mapped, the dirty bit is set, refcounts are stale.
+  auto flushed = raw->contents();
+  CHECK((load_be64(flushed.data() + HDR_INCOMPATIBLE_FEATURES) & QCOW2_INCOMPAT_DIRTY) != 0);
+  CHECK(get_refcount(flushed.data() + 2 * 65536, 4, 5) == 0);  // the data cluster
+  raw->crash();
+  CHECK(qemu_check(raw->contents()) == 2);  // refcounts stale: repair needed
+  REQUIRE(run(ctx, image->write(65536, pattern(4096, 2), false)).has_value());
+  REQUIRE(run(ctx, image->close()).has_value());
+  const auto& closed = raw->contents();
+  CHECK((load_be64(closed.data() + HDR_INCOMPATIBLE_FEATURES) & QCOW2_INCOMPAT_DIRTY) == 0);
+  CHECK(qemu_check(closed) == 0);
+}
+
 TEST_CASE_TEMPLATE("qcow2 engine: write, flush, reopen round trip", FileKind, io::MemoryFile,
                    io::UringFile) {
   boost::asio::io_context ctx;
