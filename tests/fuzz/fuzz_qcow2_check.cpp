@@ -40,12 +40,18 @@ template <class T>
 T run(boost::asio::io_context& ctx, boost::asio::awaitable<T> aw, const char* what) {
   std::optional<T> out;
   std::exception_ptr error;
+  bool done = false;
   boost::asio::co_spawn(ctx, std::move(aw), [&](std::exception_ptr e, T v) {
     if (e) error = e;
     else out.emplace(std::move(v));
+    done = true;
   });
-  ctx.restart();
-  ctx.run();
+  // Stop when the operation is done, not when the loop runs dry: the engine
+  // keeps timers (idle metadata write-back) that would keep run() going.
+  while (!done) {
+    ctx.restart();
+    if (ctx.run_one() == 0) break;  // nothing left to run: the operation is stuck
+  }
   if (error) {
     try {
       std::rethrow_exception(error);

@@ -17,12 +17,16 @@ scratch=$(mktemp -d "${TMPDIR:-/tmp}/qnbd-$target.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 
 # A hang is an input that takes more than 10 s; 2 GiB RSS or a single
-# 1 GiB allocation is "allocates without bound".
+# 1 GiB allocation is "allocates without bound". Findings exit 1: libFuzzer's
+# default 77 means "skipped" to meson.
 status=0
 "$out/$target" -runs="$runs" -seed="${FUZZ_SEED:-1}" -timeout=10 -rss_limit_mb=2048 \
   -malloc_limit_mb=1024 -max_len=65536 -print_final_stats=1 -close_fd_mask=1 \
+  -error_exitcode=1 -timeout_exitcode=1 \
   -artifact_prefix="$out/artifacts/$target/" "$@" "$scratch" "$here/corpus/$target" || status=$?
+# libFuzzer's own exit codes (77 by default) would read as "skipped" to meson.
 if [ $status -ne 0 ]; then
+  [ $status -eq 77 ] && status=1
   echo "run.sh: $target failed (exit $status); reproduce with: $out/$target <input>" >&2
   ls -t "$out/artifacts/$target/" | head -5 | sed "s|^|  $out/artifacts/$target/|" >&2
 fi
