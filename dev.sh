@@ -13,8 +13,6 @@ PACKAGES=(
   liburing-dev zlib1g-dev libzstd-dev libnbd-dev
   # real peers the tests talk to
   qemu-utils libnbd-bin python3-libnbd nbdkit fio systemd
-  # libFuzzer targets (tests/fuzz)
-  clang-14 libclang-rt-14-dev
 )
 
 install_deps() {
