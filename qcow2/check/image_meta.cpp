@@ -1,6 +1,6 @@
 #include "qcow2/check/image_meta.h"
 
-#include "qcow2/check/snapshot_scan.h"
+#include "qcow2/format/snapshot.h"
 
 #include "qcow2/format/endian.h"
 
@@ -43,8 +43,9 @@ boost::asio::awaitable<void> load_snapshots(io::File& file, ImageMeta& m, bool f
   std::vector<std::byte> raw(len);
   if (auto r = co_await file.read_at(h.snapshots_offset, raw); !r)
     throw io_failure("snapshot table", r.error());
-  m.snapshots = for_check ? parse_snapshots_for_check(raw, h.nb_snapshots, h)
-                          : format::parse_snapshot_table(raw, h.nb_snapshots, h);
+  m.snapshots = format::parse_snapshot_table(
+      raw, h.nb_snapshots, h,
+      for_check ? format::SnapshotL1Check::lenient : format::SnapshotL1Check::strict);
   m.snapshots_size = format::encode_snapshot_table(m.snapshots).size();
 }
 

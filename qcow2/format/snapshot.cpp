@@ -16,7 +16,7 @@ std::size_t align8(std::size_t n) { return (n + 7) & ~std::size_t{7}; }
 }  // namespace
 
 std::vector<Snapshot> parse_snapshot_table(std::span<const std::byte> t, std::uint32_t count,
-                                           const Header& h) {
+                                           const Header& h, SnapshotL1Check l1) {
   std::vector<Snapshot> out;
   std::size_t pos = 0;
   for (std::uint32_t i = 0; i < count; ++i) {
@@ -41,9 +41,11 @@ std::vector<Snapshot> parse_snapshot_table(std::span<const std::byte> t, std::ui
     if (extra >= 16) s.disk_size = load_be64(p + 48);
     s.id.assign(reinterpret_cast<const char*>(p + 40 + extra), id_size);
     s.name.assign(reinterpret_cast<const char*>(p + 40 + extra + id_size), name_size);
-    if (s.l1_size > QCOW_MAX_L1_SIZE / 8) fail(i, "snapshot L1 table too large");
-    if (s.l1_table_offset % h.cluster_size() || s.l1_table_offset > QCOW_MAX_CLUSTER_OFFSET)
-      fail(i, "snapshot L1 table offset invalid");
+    if (l1 == SnapshotL1Check::strict) {
+      if (s.l1_size > QCOW_MAX_L1_SIZE / 8) fail(i, "snapshot L1 table too large");
+      if (s.l1_table_offset % h.cluster_size() || s.l1_table_offset > QCOW_MAX_CLUSTER_OFFSET)
+        fail(i, "snapshot L1 table offset invalid");
+    }
     out.push_back(std::move(s));
     pos += align8(len);
     if (pos > t.size()) pos = t.size();

@@ -26,11 +26,18 @@ struct Snapshot {
   std::vector<std::byte> extra_data;  // raw extra data, preserved
 };
 
+// strict: opening an image refuses snapshot L1 tables that are unaligned or
+// larger than QEMU's limit. lenient: the checker keeps them (qemu's check
+// reports them as corruptions and goes on). Bounds against the buffer are
+// checked in both modes.
+enum class SnapshotL1Check { strict, lenient };
+
 // Decodes `count` entries from `table` (the bytes at snapshots_offset).
-// Throws FormatError on truncation, oversized extra data, or snapshot L1
-// tables that are unaligned or larger than QEMU's limit.
+// Throws FormatError on truncation, oversized extra data, or (strict) bad
+// snapshot L1 tables.
 std::vector<Snapshot> parse_snapshot_table(std::span<const std::byte> table, std::uint32_t count,
-                                           const Header& h);
+                                           const Header& h,
+                                           SnapshotL1Check l1 = SnapshotL1Check::strict);
 
 // Encoded size of one entry (for reading: upper bound is computed by the
 // caller from the file, we only need to decode what is there).
