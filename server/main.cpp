@@ -78,13 +78,14 @@ int serve(const config::Config& cfg) {
   if (cfg.fork) server::daemon::fork_and_wait_for_ready();
   std::signal(SIGPIPE, SIG_IGN);
   boost::asio::io_context ctx(1);
-  server::Workers workers(std::min<unsigned>(server::default_worker_count(),
-                                             static_cast<unsigned>(cfg.exports.size())));
+  // Not capped by the number of exports: several connections to one export
+  // are spread over the workers (see server/workers.h).
+  server::Workers workers(server::default_worker_count());
   server::ExportRegistry exports;
   open_exports(workers, cfg, exports);
   workers.start();
 
-  server::Server srv(ctx, cfg, exports, server::open_listeners(ctx, cfg.listen));
+  server::Server srv(ctx, cfg, exports, workers, server::open_listeners(ctx, cfg.listen));
   srv.start();
   if (cfg.pid_file) server::daemon::write_pid_file(*cfg.pid_file);
   const auto where = fmt::format("{}", fmt::join(srv.listeners().descriptions, ", "));

@@ -18,8 +18,14 @@ using boost::asio::use_awaitable;
 using namespace boost::asio::experimental::awaitable_operators;
 
 Server::Server(boost::asio::io_context& ctx, const config::Config& cfg, ExportRegistry& exports,
-               Listeners listeners)
-    : ctx_(ctx), cfg_(cfg), exports_(exports), listeners_(std::move(listeners)), idle_(ctx) {}
+               Workers& workers, Listeners listeners)
+    : ctx_(ctx),
+      cfg_(cfg),
+      exports_(exports),
+      workers_(workers),
+      listeners_(std::move(listeners)),
+      load_(workers.size(), 0),
+      idle_(ctx) {}
 
 void Server::start() {
   for (auto& a : listeners_.acceptors)
@@ -47,6 +53,22 @@ awaitable<void> Server::accept_loop(Acceptor& a) {
   }
 }
 
+// The first connection to an export is served on its home worker, which
+// calls the backend without a thread hop (QD1 latency). While the home worker
+// serves one, the others go to the least-loaded other worker, so that
+// several connections to one export (NBD multi-conn) use several cores.
+unsigned Server::place(const Export& e, unsigned home) {
+  const unsigned n = workers_.size();
+  if (n == 1 || home >= n || on_home_[&e] == 0) return home;
+  unsigned best = n;
+  for (unsigned k = 0; k < n; ++k) {
+    unsigned i = (next_ + k) % n;
+    if (i != home && (best == n || load_[i] < load_[best])) best = i;
+  }
+  next_ = (best + 1) % n;
+  return best;
+}
+
 awaitable<void> Server::serve(Socket s) {
   ++connections_;
   if (s.local_endpoint().protocol().family() != AF_UNIX) {
@@ -68,14 +90,24 @@ awaitable<void> Server::serve(Socket s) {
     spdlog::debug("{}: export '{}' ({}structured replies)", peer, neg->exp->name,
                  neg->structured ? "" : "no ");
     Export& e = *neg->exp;
-    if (auto ec = conn.rebind(*e.home)) {
+    const unsigned home = workers_.index_of(*e.home);
+    const unsigned w = place(e, home);
+    auto& worker = w < workers_.size() ? workers_.context(w) : *e.home;
+    if (auto ec = conn.rebind(worker)) {
       spdlog::warn("{}: cannot hand the connection to its worker: {}", peer, ec.message());
     } else {
-      auto session = std::make_shared<Session>(std::move(conn), *neg, SessionLimits{});
+      SessionPlacement where;
+      where.worker = w;
+      if (w != home) where.owner = e.home->get_executor();
+      auto session = std::make_shared<Session>(std::move(conn), *neg, SessionLimits{}, where);
       sessions_.insert(session);
       ++e.connections;
-      // The session runs on the export's worker; we resume here afterwards.
-      co_await boost::asio::co_spawn(e.home->get_executor(), session->run(), use_awaitable);
+      if (w < load_.size()) ++load_[w];
+      if (w == home) ++on_home_[&e];
+      // The session runs on its worker; we resume here afterwards.
+      co_await boost::asio::co_spawn(worker.get_executor(), session->run(), use_awaitable);
+      if (w == home) --on_home_[&e];
+      if (w < load_.size()) --load_[w];
       --e.connections;
       sessions_.erase(session);
     }

@@ -9,13 +9,19 @@
 
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 namespace qnbd::server {
 
 using boost::asio::awaitable;
 using namespace nbd;
 
-Session::Session(Connection conn, Negotiated neg, SessionLimits limits)
-    : conn_(std::move(conn)), neg_(neg), limits_(limits), wake_(conn_.socket().get_executor()) {
+Session::Session(Connection conn, Negotiated neg, SessionLimits limits, SessionPlacement where)
+    : conn_(std::move(conn)),
+      neg_(neg),
+      where_(std::move(where)),
+      limits_(limits),
+      wake_(conn_.socket().get_executor()) {
   const Export& e = *neg_.exp;
   lim_.size = e.size;
   lim_.read_only = e.caps.read_only;
@@ -49,7 +55,11 @@ void Session::release(std::size_t budget) {
 awaitable<void> Session::run() {
   auto self = shared_from_this();
   auto ex = co_await boost::asio::this_coro::executor;
-  spdlog::debug("{}: serving export '{}'", peer(), neg_.exp->name);
+  // Logged from the session's own thread; tests check the spread.
+  spdlog::debug("{}: serving export '{}' on worker {} (thread {}, {})", peer(), neg_.exp->name,
+                where_.worker, ::gettid(),
+                where_.owner ? "backend calls run on the export's home worker"
+                             : "the export's home worker");
   for (;;) {
     std::array<std::byte, kRequestSize> raw;
     if (co_await conn_.read_exact(raw)) break;  // client gone or stop()

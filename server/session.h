@@ -14,13 +14,18 @@
 #include "server/protocol.h"
 #include "server/read_plan.h"
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <array>
 #include <cstddef>
 #include <deque>
 #include <memory>
+#include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace qnbd::server {
@@ -30,9 +35,18 @@ struct SessionLimits {
   std::size_t max_bytes = 64u << 20;     // payload bytes in flight per connection
 };
 
+// Where a session runs relative to its export (threading model: workers.h).
+struct SessionPlacement {
+  unsigned worker = 0;  // the worker serving the connection (for the logs)
+  // The executor of the export's home worker when the session runs on another
+  // worker; empty when it runs on the home worker and calls the backend
+  // directly.
+  std::optional<boost::asio::any_io_executor> owner;
+};
+
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(Connection conn, Negotiated neg, SessionLimits limits);
+  Session(Connection conn, Negotiated neg, SessionLimits limits, SessionPlacement where = {});
 
   // Serves until the client disconnects or stop() is called, then waits for
   // every request in flight to be answered.
@@ -59,6 +73,18 @@ class Session : public std::enable_shared_from_this<Session> {
   boost::asio::awaitable<Reply> cmd_block_status(const nbd::Request& req);
   boost::asio::awaitable<result<>> cmd_write_zeroes(const nbd::Request& req);
 
+  // Runs a backend operation on the export's home worker: directly when this
+  // session is there (no hop), else co_spawned onto the home executor, and
+  // this coroutine resumes on its own worker with the result. `op` is a plain
+  // callable (not a coroutine) returning the backend's awaitable, invoked on
+  // the home worker; it captures values and spans of buffers the session
+  // keeps alive until the operation completes.
+  template <class Op>
+  std::invoke_result_t<Op&> on_home(Op op) {
+    if (!where_.owner) return op();
+    return boost::asio::co_spawn(*where_.owner, std::move(op), boost::asio::use_awaitable);
+  }
+
   Reply simple(const nbd::Request& req, std::uint32_t error) const;
   Reply error_reply(const nbd::Request& req, std::uint32_t error) const;
 
@@ -69,6 +95,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   Connection conn_;
   Negotiated neg_;
+  SessionPlacement where_;
   nbd::ExportLimits lim_;
   SessionLimits limits_;
   std::size_t inflight_ = 0;

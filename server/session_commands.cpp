@@ -1,5 +1,6 @@
 // One function per NBD command, each turning a validated request into
-// backend calls and a reply (nbdkit server/backend.c style).
+// backend calls and a reply (nbdkit server/backend.c style). Every backend
+// call goes through on_home(): the backend may live on another worker.
 #include "server/session.h"
 
 #include "server/read_plan.h"
@@ -17,6 +18,19 @@ namespace {
 
 std::uint32_t wire_error(const error_code& ec) { return errno_to_nbd(to_errno(ec)); }
 
+struct ChunkRead {
+  std::uint64_t offset;
+  std::span<std::byte> into;
+};
+
+// The data chunks of a sparse read, in one trip to the home worker. `parts`
+// is the caller's, which awaits this.
+task<> read_chunks(BlockBackend& be, std::span<const ChunkRead> parts) {
+  for (const auto& p : parts)
+    if (auto r = co_await be.read(p.offset, p.into); !r) co_return r;
+  co_return result<>{};
+}
+
 }  // namespace
 
 awaitable<Session::Reply> Session::execute(const Request& req, Buffer& payload) {
@@ -30,11 +44,20 @@ awaitable<Session::Reply> Session::execute(const Request& req, Buffer& payload) 
   switch (req.type) {
     case NBD_CMD_READ: co_return co_await cmd_read(req);
     case NBD_CMD_BLOCK_STATUS: co_return co_await cmd_block_status(req);
-    case NBD_CMD_WRITE: r = co_await be.write(req.offset, payload.span(), fua); break;
-    case NBD_CMD_FLUSH: r = co_await be.flush(); break;
-    case NBD_CMD_TRIM: r = co_await be.trim(req.offset, req.length, fua); break;
+    case NBD_CMD_WRITE: {
+      std::span<const std::byte> data = payload.span();
+      r = co_await on_home([&be, off = req.offset, data, fua] { return be.write(off, data, fua); });
+      break;
+    }
+    case NBD_CMD_FLUSH: r = co_await on_home([&be] { return be.flush(); }); break;
+    case NBD_CMD_TRIM:
+      r = co_await on_home(
+          [&be, off = req.offset, len = req.length, fua] { return be.trim(off, len, fua); });
+      break;
     case NBD_CMD_WRITE_ZEROES: r = co_await cmd_write_zeroes(req); break;
-    case NBD_CMD_CACHE: r = co_await be.cache(req.offset, req.length); break;
+    case NBD_CMD_CACHE:
+      r = co_await on_home([&be, off = req.offset, len = req.length] { return be.cache(off, len); });
+      break;
     default: co_return simple(req, NBD_EINVAL);
   }
   if (!r) {
@@ -49,15 +72,21 @@ awaitable<result<>> Session::cmd_write_zeroes(const Request& req) {
   const bool fua = req.flags & NBD_CMD_FLAG_FUA;
   const bool may_trim = !(req.flags & NBD_CMD_FLAG_NO_HOLE);
   const bool fast = req.flags & NBD_CMD_FLAG_FAST_ZERO;
-  co_return co_await neg_.exp->backend->write_zeroes(req.offset, req.length, may_trim, fast, fua);
+  BlockBackend& be = *neg_.exp->backend;
+  co_return co_await on_home([&be, off = req.offset, len = req.length, may_trim, fast, fua] {
+    return be.write_zeroes(off, len, may_trim, fast, fua);
+  });
 }
 
 // Reads this large are worth asking the backend where the zeros are first.
 constexpr std::uint32_t kSparseReadMin = 64 << 10;
 
 awaitable<Session::Reply> Session::cmd_read(const Request& req) {
+  BlockBackend& be = *neg_.exp->backend;
   if (lim_.structured && !(req.flags & NBD_CMD_FLAG_DF) && req.length >= kSparseReadMin) {
-    if (auto ex = co_await neg_.exp->backend->block_status(req.offset, req.length); ex) {
+    auto ex = co_await on_home(
+        [&be, off = req.offset, len = req.length] { return be.block_status(off, len); });
+    if (ex) {
       auto chunks = plan_read_chunks(req.offset, req.length, *ex);
       if (chunks.size() > 1 || chunks.front().hole) co_return co_await cmd_sparse_read(req, chunks);
     }
@@ -65,7 +94,8 @@ awaitable<Session::Reply> Session::cmd_read(const Request& req) {
   Reply out;
   if (req.length) {
     out.body = pool_.acquire(req.length);
-    auto r = co_await neg_.exp->backend->read(req.offset, out.body.span());
+    std::span<std::byte> into = out.body.span();
+    auto r = co_await on_home([&be, off = req.offset, into] { return be.read(off, into); });
     if (!r) {
       pool_.release(std::move(out.body));
       spdlog::debug("{}: READ at {} (+{}) failed: {}", peer(), req.offset, req.length,
@@ -102,6 +132,7 @@ awaitable<Session::Reply> Session::cmd_sparse_read(const Request& req,
   Reply out;
   out.body = pool_.acquire(total);
   std::byte* p = out.body.data();
+  std::vector<ChunkRead> parts;
   for (std::size_t i = 0; i < chunks.size(); ++i) {
     const ReadChunk& c = chunks[i];
     const std::uint16_t flags = i + 1 == chunks.size() ? NBD_REPLY_FLAG_DONE : 0;
@@ -115,19 +146,26 @@ awaitable<Session::Reply> Session::cmd_sparse_read(const Request& req,
     }
     encode_chunk_header(head, flags, NBD_REPLY_TYPE_OFFSET_DATA, req.cookie, 8 + c.length);
     p += kChunkHeaderSize + 8;
-    auto r = co_await neg_.exp->backend->read(c.offset, std::span(p, c.length));
-    if (!r) {
-      pool_.release(std::move(out.body));
-      co_return error_reply(req, wire_error(r.error()));
-    }
+    parts.push_back({c.offset, std::span(p, c.length)});
     p += c.length;
+  }
+  BlockBackend& be = *neg_.exp->backend;
+  // Only trivially destructible captures in a co_await expression: GCC 12
+  // destroys a temporary lambda owning a vector there twice.
+  std::span<const ChunkRead> all = parts;
+  auto r = co_await on_home([&be, all] { return read_chunks(be, all); });
+  if (!r) {
+    pool_.release(std::move(out.body));
+    co_return error_reply(req, wire_error(r.error()));
   }
   co_return out;
 }
 
 awaitable<Session::Reply> Session::cmd_block_status(const Request& req) {
   if (req.length == 0) co_return simple(req, NBD_EINVAL);
-  auto extents = co_await neg_.exp->backend->block_status(req.offset, req.length);
+  BlockBackend& be = *neg_.exp->backend;
+  auto extents = co_await on_home(
+      [&be, off = req.offset, len = req.length] { return be.block_status(off, len); });
   if (!extents) co_return simple(req, wire_error(extents.error()));
   if (extents->empty()) co_return simple(req, NBD_EIO);
   const bool one = req.flags & NBD_CMD_FLAG_REQ_ONE;
