@@ -99,6 +99,7 @@ void CowPlan::assign_hosts(const std::vector<HostRun>& runs) {
   for (ClusterPlan& p : clusters_) {
     if (!p.keep) {
       p.host = runs[run].offset + (k << g_.cluster_bits());
+      p.fresh = runs[run].fresh;
       if (++k == runs[run].clusters) ++run, k = 0;
     }
     if (!p.changes_metadata) continue;
@@ -110,6 +111,15 @@ void CowPlan::assign_hosts(const std::vector<HostRun>& runs) {
       const std::uint64_t zero = (p.old_entry.bitmap >> 32) & ~mask;
       p.new_entry.bitmap = alloc | mask | (zero << 32);
     }
+  }
+}
+
+void CowPlan::skip_blank_fill(const std::function<bool(const ClusterPlan&)>& reads_zero) {
+  for (ClusterPlan& p : clusters_) {
+    if (p.keep || !p.fresh || !p.changes_metadata || !reads_zero(p)) continue;
+    p.blank = true;
+    p.span_start = std::max(offset_, p.guest) - p.guest;
+    p.span_end = std::min(end_, p.guest + g_.cluster_size()) - p.guest;
   }
 }
 

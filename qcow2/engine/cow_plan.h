@@ -27,6 +27,10 @@ struct ClusterPlan {
   bool changes_metadata = false;
   bool free_old_cluster = false;
   bool free_old_compressed = false;
+  bool fresh = false;  // new host cluster in a never used hole (HostRun::fresh)
+  // Fresh, and the cluster read as zeros before: only the data is written,
+  // the rest of the hole already reads as the fill would.
+  bool blank = false;
   format::L2Entry new_entry;
 };
 
@@ -44,6 +48,9 @@ class CowPlan {
   // Gives the replaced clusters their new host clusters, in order.
   void assign_hosts(const std::vector<HostRun>& runs);
   const std::vector<ClusterPlan>& clusters() const { return clusters_; }
+  // Marks fresh new clusters whose old contents `reads_zero` as blank: their
+  // fill is neither read nor written. Call after assign_hosts.
+  void skip_blank_fill(const std::function<bool(const ClusterPlan&)>& reads_zero);
 
   // Guest range written in total (data plus fill).
   std::uint64_t hull_start() const;

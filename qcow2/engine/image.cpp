@@ -9,7 +9,9 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <utility>
 
 namespace qnbd::qcow2 {
 
@@ -37,6 +39,8 @@ Image::Image(std::unique_ptr<io::File> file, Header header, std::vector<std::uin
   for (std::uint64_t e : l1_)
     if (l1_l2_offset(e)) metadata_.add(l1_l2_offset(e), g_.cluster_size());
   for (auto [off, bytes] : cfg.other_metadata) metadata_.add(off, bytes);
+  const auto fsize = file_->size();
+  open_size_ = file_size_ = fsize ? *fsize : 0;
 }
 
 result<> Image::check_writable() const {
@@ -59,12 +63,20 @@ task<> Image::mark_modified() {
     if (auto r = co_await file_->sync(); !r) co_return r;
     header_.autoclear_features = 0;
   }
-  if (lazy_ && !(header_.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-    // Durable before the first refcount update we defer.
-    if (auto r = co_await write_incompatible(header_.incompatible_features | QCOW2_INCOMPAT_DIRTY);
-        !r)
+  if (lazy_) {
+    // Durable before the first refcount update we defer; the sync also
+    // makes the current file size durable (blank clusters rely on it).
+    if (auto s = file_->size(); s) file_size_ = std::max(file_size_, *s);
+    if (!(header_.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+      if (auto r = co_await write_incompatible(header_.incompatible_features |
+                                               QCOW2_INCOMPAT_DIRTY);
+          !r)
+        co_return r;
+      spdlog::info("{}: dirty-bit mode (lazy refcounts)", name_);
+    } else if (auto r = co_await file_->sync(); !r) {
       co_return r;
-    spdlog::info("{}: dirty-bit mode (lazy refcounts)", name_);
+    }
+    durable_size_ = file_size_;
   }
   modified_ = true;
   if (writeback_interval_ > 0) {
@@ -126,6 +138,43 @@ task<> Image::write_incompatible(std::uint64_t bits) {
   co_return result<>{};
 }
 
+// Every size the file had before a sync is durable after it.
+task<> Image::sync_file() {
+  const std::uint64_t size = file_size_;
+  if (auto r = co_await file_->sync(); !r) co_return r;
+  durable_size_ = std::max(durable_size_, size);
+  co_return result<>{};
+}
+
+// Grows the file (sparse) well ahead of the clusters in use, so that new
+// clusters lie inside a durable file size by the time they are linked. A
+// failure only costs the single-sync flush.
+void Image::grow_file_ahead(std::uint64_t used_end) {
+  const std::uint64_t chunk =
+      std::max(g_.cluster_size(), std::clamp<std::uint64_t>(size() / 8, 1 << 20, 64 << 20) /
+                                      g_.cluster_size() * g_.cluster_size());
+  if (used_end + chunk / 2 <= file_size_) return;
+  const auto now = file_->size();
+  if (!now) return;
+  file_size_ = std::max(file_size_, *now);
+  const std::uint64_t want = (used_end + chunk) / g_.cluster_size() * g_.cluster_size();
+  if (file_size_ >= want) return;
+  if (auto r = file_->truncate(want); !r) {
+    spdlog::debug("{}: cannot grow the file ahead: {}", name_, r.error().message());
+    return;
+  }
+  file_size_ = want;
+}
+
+// Undoes grow_file_ahead at close: never below the size at open or the end
+// of any cluster ever used.
+result<> Image::trim_file_tail() {
+  const std::uint64_t keep = std::max(open_size_, refcounts_.used_end());
+  const auto now = file_->size();
+  if (!now || *now <= keep) return {};
+  return file_->truncate(keep);
+}
+
 task<> Image::flush_metadata() {
   if (corrupt_ && !corrupt_on_disk_ && header_.version >= 3) {
     // As QEMU: the image stays marked until `qemu-img check -r all`.
@@ -139,9 +188,16 @@ task<> Image::flush_metadata() {
   const bool l1_dirty = !l1_dirty_.empty();
   bool synced = false;
   if (lazy_ && (l2_dirty || l1_dirty)) {
-    // Stage 1, dirty-bit mode: only the data must precede the tables.
-    if (auto r = co_await file_->sync(); !r) co_return r;
-    synced = true;
+    // Stage 1, dirty-bit mode: only the data must precede the tables, and
+    // not even that when all of it went to blank clusters (see image.h).
+    const bool barrier = std::exchange(needs_barrier_, false);
+    if (barrier) {
+      if (auto r = co_await sync_file(); !r) {
+        needs_barrier_ = true;
+        co_return r;
+      }
+      synced = true;
+    }
   } else if (!lazy_ && (refcounts_.dirty() || l2_dirty || l1_dirty)) {
     // Stage 1: data and refcounts durable before any L2/L1 points at them.
     if (auto r = co_await refcounts_.write_back(); !r) co_return r;
@@ -149,7 +205,8 @@ task<> Image::flush_metadata() {
   }
   if (l2_dirty) {  // stage 2
     if (auto r = co_await l2_cache_.write_dirty(); !r) co_return r;
-    if (auto r = co_await file_->sync(); !r) co_return r;
+    if (auto r = co_await sync_file(); !r) co_return r;
+    synced = true;
   }
   if (l1_dirty) {  // stage 3: each run of dirty entries in one write
     auto it = l1_dirty_.begin();
@@ -162,13 +219,14 @@ task<> Image::flush_metadata() {
       if (auto r = co_await file_->write_at(header_.l1_table_offset + first * 8, buf); !r)
         co_return r;
     }
-    if (auto r = co_await file_->sync(); !r) co_return r;
+    if (auto r = co_await sync_file(); !r) co_return r;
     l1_dirty_.clear();
+    synced = true;
   }
   // Stage 4: references dropped above are durable; now the refcounts fall.
   if (refcounts_.has_deferred())
     if (auto r = co_await refcounts_.apply_deferred(); !r) co_return r;
-  if (!synced) co_return co_await file_->sync();
+  if (!synced) co_return co_await sync_file();
   co_return result<>{};
 }
 
@@ -182,6 +240,8 @@ task<> Image::close() {
   // dirty-bit mode: all deferred refcounts), then the image is clean.
   if (refcounts_.dirty())
     if (auto r = co_await refcounts_.write_back(); !r) co_return r;
+  if (auto r = trim_file_tail(); !r)
+    spdlog::warn("{}: cannot trim the space grown ahead: {}", name_, r.error().message());
   if (lazy_ && (header_.incompatible_features & QCOW2_INCOMPAT_DIRTY) && !corrupt_)
     if (auto r = co_await write_incompatible(header_.incompatible_features &
                                              ~QCOW2_INCOMPAT_DIRTY);

@@ -9,7 +9,13 @@
 // flush_metadata() holds the lock for its whole ordered sequence.
 //
 // In dirty-bit mode stage 1 is only the data sync; refcounts reach the disk
-// at close, before the dirty bit is cleared (DESIGN rule 3).
+// at close, before the dirty bit is cleared (DESIGN rule 3). Stage 1 is
+// skipped when every L2 entry linked since the last flush points at a blank
+// cluster (see CowPlan) inside the durable file size: such a cluster reads
+// as zeros, its old contents, until its data lands, so the L2 entry may
+// reach the disk first and one sync per FLUSH suffices. To keep new
+// clusters inside the durable size, the file is grown ahead of allocation
+// in sparse chunks (as QEMU's preallocate filter does) and trimmed at close.
 //
 // Crash ordering (DESIGN rules 1-2), enforced by flush_metadata():
 //   1. data written and refcount blocks (then refcount table, header) durable
@@ -98,6 +104,8 @@ class Image {
   bool hits_metadata(std::uint64_t host, std::uint64_t bytes) const {
     return metadata_.overlaps(host, bytes);
   }
+  // Whether a cluster with entry `e` at `guest` reads as zeros throughout.
+  bool reads_as_zero(const format::L2Entry& e, std::uint64_t guest) const;
 
   // ---- reads (read.cpp)
   task<> read_runs(const std::vector<MapRun>& runs, std::uint64_t base, std::span<std::byte> buf);
@@ -119,6 +127,9 @@ class Image {
 
   // ---- metadata write-back (image.cpp)
   task<> flush_metadata();
+  task<> sync_file();
+  void grow_file_ahead(std::uint64_t used_end);
+  result<> trim_file_tail();
   task<> mark_modified();
   task<> after_update();
   result<> check_writable() const;
@@ -141,6 +152,13 @@ class Image {
   bool modified_ = false;
   bool corrupt_on_disk_ = false;
   bool lazy_;
+  // Dirty-bit mode: file sizes known to us (bytes), the one the last sync
+  // made durable, the one at open; and whether an L2 entry linked since the
+  // last flush needs its data durable first.
+  std::uint64_t file_size_ = 0;
+  std::uint64_t durable_size_ = 0;
+  std::uint64_t open_size_ = 0;
+  bool needs_barrier_ = false;
   task<> write_incompatible(std::uint64_t bits);
   // Group commit: a flush requested while another waits for the lock is
   // covered by any flush sequence that starts after it was requested.

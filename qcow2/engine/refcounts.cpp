@@ -6,6 +6,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace qnbd::qcow2 {
 
 using namespace format;
@@ -20,6 +22,9 @@ Refcounts::Refcounts(io::File& file, const Geometry& g, std::uint64_t reftable_o
       reftable_(std::move(reftable)),
       cache_(file, g.cluster_size(), cache_tables),
       metadata_(metadata) {
+  // Unknown size: nothing counts as fresh.
+  const auto size = file_.size();
+  high_water_ = size ? (*size + g_.cluster_size() - 1) >> g_.cluster_bits() : max_clusters();
   metadata_.add(reftable_offset_, std::uint64_t{reftable_clusters_} << g_.cluster_bits());
   for (std::uint64_t e : reftable_)
     if (reftable_block_offset(e)) metadata_.add(reftable_block_offset(e), g_.cluster_size());
@@ -57,6 +62,7 @@ task<> Refcounts::set(std::uint64_t cluster, std::uint64_t value, Avoid avoid) {
   if (!b) co_return b.error();
   set_refcount((*b)->data.data(), g_.refcount_order(), g_.refblock_index(cluster), value);
   cache_.mark_dirty(**b);
+  if (value) high_water_ = std::max(high_water_, cluster + 1);
   co_return result<>{};
 }
 
@@ -92,6 +98,7 @@ task<> Refcounts::ensure_block(std::uint64_t ri, Avoid avoid) {
   reftable_dirty_ = true;
   if (g_.reftable_index(*c) == ri) {
     set_refcount(t->data.data(), g_.refcount_order(), g_.refblock_index(*c), 1);
+    high_water_ = std::max(high_water_, *c + 1);
     co_return result<>{};
   }
   co_return co_await set(*c, 1, avoid);
@@ -124,14 +131,16 @@ task<std::vector<HostRun>> Refcounts::allocate(std::uint64_t n) {
   while (n) {
     auto c = co_await find_free(free_index_, 1, {});
     if (!c) co_return c.error();
+    const bool fresh = *c >= high_water_;
     // Setting the refcount may place a new refcount block on *c itself.
     if (auto r = co_await set(*c, 1, {{*c, 1}, {}}); !r) co_return r.error();
     free_index_ = *c + 1;
     const std::uint64_t off = *c << g_.cluster_bits();
-    if (!runs.empty() && runs.back().offset + (runs.back().clusters << g_.cluster_bits()) == off)
+    if (!runs.empty() && runs.back().fresh == fresh &&
+        runs.back().offset + (runs.back().clusters << g_.cluster_bits()) == off)
       ++runs.back().clusters;
     else
-      runs.push_back({off, 1});
+      runs.push_back({off, 1, fresh});
     --n;
   }
   co_return runs;

@@ -27,6 +27,9 @@ namespace qnbd::qcow2 {
 struct HostRun {
   std::uint64_t offset;  // bytes
   std::uint64_t clusters;
+  // Never used since the image was opened and beyond its end then: the file
+  // has a hole there, so it reads as zeros without being written.
+  bool fresh = false;
 };
 
 class Refcounts {
@@ -57,6 +60,8 @@ class Refcounts {
   bool has_deferred() const { return !deferred_.empty(); }
 
   std::uint64_t reftable_offset() const { return reftable_offset_; }
+  // One past the highest cluster that is or ever was in use (bytes).
+  std::uint64_t used_end() const { return high_water_ << g_.cluster_bits(); }
 
  private:
   struct Range {
@@ -87,6 +92,7 @@ class Refcounts {
   std::vector<Range> old_tables_;  // freed once the header points elsewhere
   std::vector<Range> deferred_;    // in bytes: {offset, length}
   std::uint64_t free_index_ = 0;
+  std::uint64_t high_water_ = 0;  // clusters at and after it were never used
 };
 
 }  // namespace qnbd::qcow2

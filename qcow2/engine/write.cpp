@@ -144,6 +144,9 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   auto runs = co_await refcounts_.allocate(plan.new_clusters());
   if (!runs) co_return alloc_error(runs.error());
   plan.assign_hosts(*runs);
+  plan.skip_blank_fill([this](const ClusterPlan& p) { return reads_as_zero(p.old_entry, p.guest); });
+  if (lazy_)
+    for (const HostRun& h : *runs) grow_file_ahead(h.offset + (h.clusters << g_.cluster_bits()));
   guard.unlock();
 
   // Phase 2, no lock: one read of what the filled parts read as now, one
@@ -165,6 +168,7 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   if (!*linked) co_return corrupt("L2 table vanished during a write");
   for (const ClusterPlan& p : plan.clusters()) {
     if (!p.changes_metadata) continue;
+    if (!p.blank || p.host + g_.cluster_size() > durable_size_) needs_barrier_ = true;
     const std::uint64_t idx = g_.l2_index(p.guest);
     store_l2(g_, (*linked)->data.data(), idx, p.new_entry);
     if (p.free_old_compressed) {
@@ -176,6 +180,17 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   }
   l2_cache_.mark_dirty(**linked);
   co_return result<>{};
+}
+
+bool Image::reads_as_zero(const L2Entry& e, std::uint64_t guest) const {
+  if (l2_compressed(e) || l2_host_offset(e)) return false;
+  const bool beyond_backing = !backing_ || guest >= backing_size_;
+  for (unsigned sc = 0; sc < g_.subclusters_per_cluster(); ++sc) {
+    const SubclusterType t = subcluster_type(g_, e, sc);
+    if (t != SubclusterType::ZeroPlain && !(t == SubclusterType::UnallocatedPlain && beyond_backing))
+      return false;
+  }
+  return true;
 }
 
 task<> Image::write_zero_data(std::uint64_t offset, std::uint64_t length) {
