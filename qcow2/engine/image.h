@@ -104,6 +104,11 @@ class Image {
   bool hits_metadata(std::uint64_t host, std::uint64_t bytes) const {
     return metadata_.overlaps(host, bytes);
   }
+  // The L2 entries of guest clusters c0..c1 (one table) changed.
+  void mark_l2_dirty(Table& t, std::uint64_t c0, std::uint64_t c1) {
+    l2_cache_.mark_dirty(t, g_.l2_index(c0 << g_.cluster_bits()) * g_.l2_entry_size(),
+                         (g_.l2_index(c1 << g_.cluster_bits()) + 1) * g_.l2_entry_size());
+  }
   // Whether a cluster with entry `e` at `guest` reads as zeros throughout.
   bool reads_as_zero(const format::L2Entry& e, std::uint64_t guest) const;
 

@@ -60,8 +60,10 @@ task<std::uint64_t> Refcounts::get(std::uint64_t cluster) {
 task<> Refcounts::set(std::uint64_t cluster, std::uint64_t value, Avoid avoid) {
   auto b = co_await block_for(cluster, true, avoid);
   if (!b) co_return b.error();
-  set_refcount((*b)->data.data(), g_.refcount_order(), g_.refblock_index(cluster), value);
-  cache_.mark_dirty(**b);
+  const std::uint64_t i = g_.refblock_index(cluster);
+  set_refcount((*b)->data.data(), g_.refcount_order(), i, value);
+  const std::size_t byte = static_cast<std::size_t>((i << g_.refcount_order()) / 8);
+  cache_.mark_dirty(**b, byte, byte + std::max<std::size_t>(1, (1u << g_.refcount_order()) / 8));
   if (value) high_water_ = std::max(high_water_, cluster + 1);
   co_return result<>{};
 }

@@ -45,11 +45,16 @@ std::shared_ptr<Table> TableCache::create(std::uint64_t offset) {
   return t;
 }
 
-void TableCache::mark_dirty(Table& t) {
+void TableCache::mark_dirty(Table& t, std::size_t from, std::size_t to) {
   if (!t.dirty) {
     t.dirty = true;
+    t.dirty_from = from;
+    t.dirty_to = to;
     ++dirty_;
+    return;
   }
+  t.dirty_from = std::min(t.dirty_from, from);
+  t.dirty_to = std::max(t.dirty_to, to);
 }
 
 void TableCache::drop(std::uint64_t offset) {
@@ -80,19 +85,29 @@ task<> TableCache::write_dirty() {
   for (auto& [off, t] : tables_)
     if (t->dirty) dirty.push_back(t);
   std::sort(dirty.begin(), dirty.end(), [](auto& a, auto& b) { return a->offset < b->offset; });
+  // Whole blocks of the file's I/O granularity around the changed bytes.
+  const std::size_t block =
+      std::min<std::size_t>(table_size_, std::max<std::size_t>(4096, file_.alignment()));
+  auto first = [&](const Table& t) { return t.dirty_from / block * block; };
+  auto last = [&](const Table& t) {
+    return std::min(table_size_, (t.dirty_to + block - 1) / block * block);
+  };
   std::vector<task<>> writes;
   std::vector<std::vector<iovec>> iovs;
   iovs.reserve(dirty.size());
   for (std::size_t i = 0; i < dirty.size();) {
     std::size_t j = i;
     std::vector<iovec> v;
-    do {
-      v.push_back({dirty[j]->data.data(), table_size_});
+    for (;;) {
+      const Table& t = *dirty[j];
+      v.push_back({const_cast<std::byte*>(t.data.data()) + first(t), last(t) - first(t)});
       ++j;
-    } while (j < dirty.size() && dirty[j]->offset == dirty[j - 1]->offset + table_size_ &&
-             v.size() < 512);
+      if (j == dirty.size() || v.size() >= 512 || last(t) != table_size_ ||
+          first(*dirty[j]) != 0 || dirty[j]->offset != t.offset + table_size_)
+        break;
+    }
     iovs.push_back(std::move(v));
-    writes.push_back(file_.writev_at(dirty[i]->offset, iovs.back()));
+    writes.push_back(file_.writev_at(dirty[i]->offset + first(*dirty[i]), iovs.back()));
     i = j;
   }
   if (auto r = co_await run_parallel(std::move(writes)); !r) co_return r;

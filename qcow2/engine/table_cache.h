@@ -24,6 +24,8 @@ struct Table {
   std::uint64_t offset = 0;
   std::vector<std::byte> data;
   bool dirty = false;
+  // Bytes changed since the last write-back: [dirty_from, dirty_to).
+  std::size_t dirty_from = 0, dirty_to = 0;
   bool loading = false;
   std::uint64_t last_use = 0;
   error_code load_error;
@@ -38,14 +40,18 @@ class TableCache {
   task<std::shared_ptr<Table>> get(std::uint64_t offset);
   // A new all-zero table at `offset` (no read), already dirty.
   std::shared_ptr<Table> create(std::uint64_t offset);
-  void mark_dirty(Table& t);
+  // The whole table changed, or only bytes [from, to) of it: write-back
+  // writes the changed 4 KiB blocks, not the whole cluster.
+  void mark_dirty(Table& t) { mark_dirty(t, 0, table_size_); }
+  void mark_dirty(Table& t, std::size_t from, std::size_t to);
   // Forgets a table (its cluster was freed); a dirty copy is discarded.
   void drop(std::uint64_t offset);
 
   std::size_t dirty_count() const { return dirty_; }
   std::size_t capacity() const { return capacity_; }
-  // Writes every dirty table, sorted by offset, adjacent tables in one
-  // vectored write. Does not sync. Tables stay cached, now clean.
+  // Writes the changed blocks of every dirty table, sorted by offset,
+  // adjacent ones in one vectored write. Does not sync. Tables stay cached,
+  // now clean.
   task<> write_dirty();
 
  private:

@@ -166,11 +166,14 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   auto linked = co_await l2_table_for(offset);
   if (!linked) co_return linked.error();
   if (!*linked) co_return corrupt("L2 table vanished during a write");
+  std::uint64_t lo = UINT64_MAX, hi = 0;  // guest clusters whose entries changed
   for (const ClusterPlan& p : plan.clusters()) {
     if (!p.changes_metadata) continue;
     if (!p.blank || p.host + g_.cluster_size() > durable_size_) needs_barrier_ = true;
     const std::uint64_t idx = g_.l2_index(p.guest);
     store_l2(g_, (*linked)->data.data(), idx, p.new_entry);
+    lo = std::min(lo, g_.cluster_index(p.guest));
+    hi = std::max(hi, g_.cluster_index(p.guest));
     if (p.free_old_compressed) {
       const CompressedDescriptor d = decode_compressed(g_, p.old_entry);
       refcounts_.defer_free_bytes(d.host_offset & ~511ull, d.sectors * 512);
@@ -178,7 +181,7 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
       refcounts_.defer_free_cluster(l2_host_offset(p.old_entry));
     }
   }
-  l2_cache_.mark_dirty(**linked);
+  if (lo <= hi) mark_l2_dirty(**linked, lo, hi);
   co_return result<>{};
 }
 

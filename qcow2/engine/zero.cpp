@@ -118,7 +118,7 @@ task<> Image::zero_piece(std::uint64_t offset, std::uint64_t length, bool unmap)
       refcounts_.defer_free_cluster(l2_host_offset(e));
     }
   }
-  l2_cache_.mark_dirty(**table);
+  mark_l2_dirty(**table, c0, c1);
   guard.unlock();
   claim.reset();
   for (auto [off, len] : partial_compressed)
@@ -169,7 +169,7 @@ task<> Image::discard_piece(std::uint64_t offset, std::uint64_t length) {
     }
     store_l2(g_, (*table)->data.data(), idx, empty);
   }
-  l2_cache_.mark_dirty(**table);
+  mark_l2_dirty(**table, c0, c1);
   co_return result<>{};
 }
 
