@@ -112,9 +112,17 @@ boost::asio::awaitable<void> Image::writeback_loop(Image* self, std::shared_ptr<
   }
 }
 
-// Keeps the number of dirty tables bounded by writing back early.
+// Keeps the number of dirty tables bounded by writing back early. Refcount
+// blocks may be written at any time (an early increment is at worst a leak;
+// decrements wait for stage 4); in dirty-bit mode this is the only write of
+// them before close.
 task<> Image::after_update() {
-  if (l2_cache_.dirty_count() * 4 < l2_cache_.capacity() * 3) co_return result<>{};
+  if (refcounts_.cache().needs_room()) {
+    auto guard = co_await meta_.lock();
+    if (refcounts_.cache().needs_room())
+      if (auto r = co_await refcounts_.write_back(); !r) co_return r;
+  }
+  if (!l2_cache_.needs_room()) co_return result<>{};
   co_return co_await flush();
 }
 

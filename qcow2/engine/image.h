@@ -88,6 +88,15 @@ class Image {
   task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length);
   task<> close();
 
+  // Tables held by the metadata caches (for tests and statistics).
+  struct CacheUse {
+    std::size_t l2_tables, l2_dirty, refcount_tables, refcount_dirty;
+  };
+  CacheUse cache_use() const {
+    return {l2_cache_.size(), l2_cache_.dirty_count(), refcounts_.cache().size(),
+            refcounts_.cache().dirty_count()};
+  }
+
   // Mapping of [offset, offset+length), merged into runs (exposed for tests).
   task<std::vector<MapRun>> map_range(std::uint64_t offset, std::uint64_t length);
 

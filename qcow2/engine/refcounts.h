@@ -54,6 +54,7 @@ class Refcounts {
   // changed refcount table, sync, then a moved table in the header, sync.
   task<> write_back();
   bool dirty() const { return cache_.dirty_count() || reftable_dirty_ || header_dirty_; }
+  const TableCache& cache() const { return cache_; }
   // Flush stage 4: apply deferred frees (their L2/L1 are durable now) and
   // punch holes for clusters whose refcount fell to zero.
   task<> apply_deferred();

@@ -49,6 +49,10 @@ class TableCache {
 
   std::size_t dirty_count() const { return dirty_; }
   std::size_t capacity() const { return capacity_; }
+  std::size_t size() const { return tables_.size(); }
+  // Dirty tables fill three quarters: time to write back, so that eviction
+  // finds clean ones.
+  bool needs_room() const { return dirty_ * 4 >= capacity_ * 3; }
   // Writes the changed blocks of every dirty table, sorted by offset,
   // adjacent ones in one vectored write. Does not sync. Tables stay cached,
   // now clean.

@@ -137,3 +137,25 @@ TEST_CASE("dirty-bit flush: after a power loss every byte is flushed or newer") 
     CHECK(bad == 0);
   }
 }
+
+TEST_CASE("dirty-bit mode: refcount blocks are written back when their cache is full") {
+  boost::asio::io_context ctx;
+  // 4 KiB clusters: one refcount block counts 8 MiB of the file.
+  auto file = std::make_unique<io::MemoryFile>(make_image(12, 64 << 20));
+  io::MemoryFile* raw = file.get();
+  LoadOptions o;
+  o.name = "lazy-small-cache";
+  o.lazy_refcounts = true;
+  o.writeback_interval = 0;
+  o.refcount_cache_size = 2 * 4096;
+  auto image = run(ctx, load_image(std::move(file), o, nullptr));
+  const auto data = pattern(4096, 9);
+  std::size_t most = 0;
+  for (std::uint64_t off = 0; off < (40u << 20); off += 4096) {
+    ok(ctx, image->write(off, data, false));
+    most = std::max(most, image->cache_use().refcount_tables);
+  }
+  CHECK(most <= 3);  // capacity 2, plus one in use while it is replaced
+  ok(ctx, image->close());
+  CHECK(qemu_check(raw->contents()) == 0);
+}
