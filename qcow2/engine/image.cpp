@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
+#include <new>
 #include <utility>
 
 namespace qnbd::qcow2 {
@@ -154,6 +156,45 @@ task<> Image::sync_file() {
   co_return result<>{};
 }
 
+namespace {
+
+// An aligned block of zeros, for O_DIRECT writes of zeros too.
+std::span<const std::byte> zero_block() {
+  static constexpr std::size_t kSize = 64 * 1024;
+  static const std::byte* zeros = [] {
+    auto* p = static_cast<std::byte*>(::operator new(kSize, std::align_val_t(4096)));
+    std::memset(p, 0, kSize);
+    return p;
+  }();
+  return {zeros, kSize};
+}
+
+}  // namespace
+
+// Called under the metadata lock after an allocation. Zeros go only beyond
+// every cluster ever used, so they never meet data; and they are written
+// before the lock is released, so no later allocation gets there first.
+// Failures cost only speed.
+task<> Image::prepare_ahead() {
+  const std::uint64_t used = refcounts_.used_end();
+  if (lazy_) grow_file_ahead(used);
+  const std::uint64_t ahead = std::max<std::uint64_t>(1 << 20, 8 * g_.cluster_size());
+  if (!flush_heavy_ || used + ahead / 2 <= zeroed_end_) co_return result<>{};
+  const std::uint64_t from = std::max(zeroed_end_, used);
+  const std::uint64_t to = used + ahead;
+  const auto z = zero_block();
+  std::vector<iovec> iov;
+  for (std::uint64_t p = from; p < to; p += z.size())
+    iov.push_back({const_cast<std::byte*>(z.data()), std::min<std::uint64_t>(z.size(), to - p)});
+  if (auto r = co_await file_->writev_at(from, iov); !r) {
+    spdlog::debug("{}: cannot write zeros ahead: {}", name_, r.error().message());
+    co_return result<>{};
+  }
+  zeroed_end_ = to;
+  file_size_ = std::max(file_size_, to);
+  co_return result<>{};
+}
+
 // Grows the file (sparse) well ahead of the clusters in use, so that new
 // clusters lie inside a durable file size by the time they are linked. A
 // failure only costs the single-sync flush.
@@ -234,7 +275,10 @@ task<> Image::flush_metadata() {
   // Stage 4: references dropped above are durable; now the refcounts fall.
   if (refcounts_.has_deferred())
     if (auto r = co_await refcounts_.apply_deferred(); !r) co_return r;
-  if (!synced) co_return co_await sync_file();
+  if (!synced)
+    if (auto r = co_await sync_file(); !r) co_return r;
+  if (allocated_in_cycle_) flush_heavy_ = allocated_in_cycle_ <= 16;
+  allocated_in_cycle_ = 0;
   co_return result<>{};
 }
 

@@ -17,6 +17,12 @@
 // clusters inside the durable size, the file is grown ahead of allocation
 // in sparse chunks (as QEMU's preallocate filter does) and trimmed at close.
 //
+// Flush-heavy clients (few new clusters per FLUSH), in either mode: the
+// space just ahead of the clusters in use is filled with written zeros, so
+// that new data overwrites allocated blocks and the filesystem's sync need
+// not commit block allocations every time. Those clusters still read as
+// zeros, so they stay blank.
+//
 // Crash ordering (DESIGN rules 1-2), enforced by flush_metadata():
 //   1. data written and refcount blocks (then refcount table, header) durable
 //   2. then dirty L2 tables, sync
@@ -142,6 +148,7 @@ class Image {
   // ---- metadata write-back (image.cpp)
   task<> flush_metadata();
   task<> sync_file();
+  task<> prepare_ahead();
   void grow_file_ahead(std::uint64_t used_end);
   result<> trim_file_tail();
   task<> mark_modified();
@@ -173,6 +180,10 @@ class Image {
   std::uint64_t durable_size_ = 0;
   std::uint64_t open_size_ = 0;
   bool needs_barrier_ = false;
+  // Flush-heavy detection and the end of the zeros written ahead (bytes).
+  std::uint64_t allocated_in_cycle_ = 0;
+  bool flush_heavy_ = false;
+  std::uint64_t zeroed_end_ = 0;
   task<> write_incompatible(std::uint64_t bits);
   // Group commit: a flush requested while another waits for the lock is
   // covered by any flush sequence that starts after it was requested.

@@ -145,8 +145,8 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   if (!runs) co_return alloc_error(runs.error());
   plan.assign_hosts(*runs);
   plan.skip_blank_fill([this](const ClusterPlan& p) { return reads_as_zero(p.old_entry, p.guest); });
-  if (lazy_)
-    for (const HostRun& h : *runs) grow_file_ahead(h.offset + (h.clusters << g_.cluster_bits()));
+  allocated_in_cycle_ += plan.new_clusters();
+  if (auto r = co_await prepare_ahead(); !r) co_return r;
   guard.unlock();
 
   // Phase 2, no lock: one read of what the filled parts read as now, one

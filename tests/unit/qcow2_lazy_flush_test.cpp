@@ -1,6 +1,6 @@
 // Dirty-bit mode FLUSH: one sync when every new cluster is blank (a fresh
 // hole whose old contents were zeros), two when data must precede its L2
-// entry; and after a simulated power loss at any point, a repaired image
+// entry; zeros written ahead for flush-heavy clients; and after a simulated power loss at any point, a repaired image
 // holds, per byte, the flushed contents or a value written since.
 #include "engine_fixture.h"
 #include "qcow2/check/check.h"
@@ -51,23 +51,34 @@ TEST_CASE("dirty-bit flush: blank clusters cost one sync, copy-on-write clusters
   auto file = std::make_unique<io::MemoryFile>(make_image(16, 8 << 20, base_file.path));
   io::MemoryFile* raw = file.get();
   auto image = open_lazy(ctx, std::move(file), &backing);
-  // Beyond the first flush the file has grown ahead, durably.
+  ok(ctx, image->write_zeroes(1 << 20, 4 << 20, false, false, false));  // zero flags
+  ok(ctx, image->flush());
+  // Many blank writes per FLUSH: data only, no zero fill; the first new
+  // clusters lie beyond the durable size, so the data sync stays.
+  raw->reset_stats();
+  for (std::uint64_t i = 0; i < 32; ++i)
+    ok(ctx, image->write((1 << 20) + i * 65536 + 4096, pattern(4096, 2), false));
+  ok(ctx, image->flush());
+  CHECK(raw->stats().syncs == 2);
+  CHECK(raw->stats().bytes_written == 32 * 4096 + 4096);  // data, one L2 block
+  // A flush-heavy client: one blank write per FLUSH costs one sync, and the
+  // clusters it lands in were filled with zeros ahead of it.
   ok(ctx, image->write(0, pattern(4096, 1), false));
   ok(ctx, image->flush());
-  ok(ctx, image->write_zeroes(1 << 20, 1 << 20, false, false, false));  // zero flags
-  ok(ctx, image->flush());
   raw->reset_stats();
-  ok(ctx, image->write((1 << 20) + 4096, pattern(4096, 2), false));  // blank: was zero
-  ok(ctx, image->flush());
-  CHECK(raw->stats().syncs == 1);
-  CHECK(raw->stats().bytes_written == 4096 + 4096);  // data, no zero fill; one L2 block
+  for (std::uint64_t i = 0; i < 16; ++i) {
+    ok(ctx, image->write((3 << 20) + i * 65536, pattern(4096, 3), false));
+    ok(ctx, image->flush());
+  }
+  CHECK(raw->stats().syncs == 16);
+  CHECK(raw->stats().bytes_written >= 16 * 65536);
   raw->reset_stats();
-  ok(ctx, image->write(3 << 20, pattern(4096, 3), false));  // copies backing data
+  ok(ctx, image->write(5 << 20, pattern(4096, 4), false));  // copies backing data
   ok(ctx, image->flush());
   CHECK(raw->stats().syncs == 2);
   ok(ctx, image->close());
   CHECK(qemu_check(raw->contents()) == 0);
-  CHECK(*raw->size() < (2u << 20));  // the space grown ahead is given back
+  CHECK(*raw->size() < (4u << 20));  // the space grown ahead is given back
 }
 
 TEST_CASE("dirty-bit flush: after a power loss every byte is flushed or newer") {
