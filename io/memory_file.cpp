@@ -124,6 +124,7 @@ task<> MemoryFile::zero_range(std::uint64_t offset, std::uint64_t length) {
 
 task<> MemoryFile::allocate(std::uint64_t offset, std::uint64_t length) {
   if (read_only_) co_return make_error_code(errc::read_only);
+  if (limit_ && offset + length > *limit_) co_return errno_error(ENOSPC);  // as fallocate
   if (offset + length > data_.size()) record({0, {}, offset + length});
   co_return result<>{};
 }

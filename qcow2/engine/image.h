@@ -15,7 +15,8 @@
 // as zeros, its old contents, until its data lands, so the L2 entry may
 // reach the disk first and one sync per FLUSH suffices. To keep new
 // clusters inside the durable size, the file is grown ahead of allocation
-// in sparse chunks (as QEMU's preallocate filter does) and trimmed at close.
+// in chunks (fallocated, as QEMU's preallocate filter does) and trimmed at
+// close.
 //
 // Flush-heavy clients (few new clusters per FLUSH), in either mode: the
 // space just ahead of the clusters in use is filled with written zeros, so
@@ -149,7 +150,7 @@ class Image {
   task<> flush_metadata();
   task<> sync_file();
   task<> prepare_ahead();
-  void grow_file_ahead(std::uint64_t used_end);
+  task<> grow_file_ahead(std::uint64_t used_end);
   result<> trim_file_tail();
   task<> mark_modified();
   task<> after_update();
