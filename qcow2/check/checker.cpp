@@ -35,6 +35,9 @@ task<> Checker::run() {
     say("Rebuilding refcount structure");
     if (auto r = co_await rebuild_refcount_structure(); !r) {
       ++res_.check_errors;
+      if (res_.failure.empty())
+        res_.failure = fmt::format("rebuilding the refcount structure failed: {}",
+                                   r.error().message());
       co_return r.error();
     }
     res_.corruptions = 0;
@@ -44,17 +47,29 @@ task<> Checker::run() {
     // The references changed with the new structure: count them again.
     rebuild = false;
     imrt_.clear();
+    past_eof_.clear();
     imrt_.resize((meta_.file_size + cs() - 1) / cs());
     QNBD_CO_TRY(co_await calculate_refcounts(Fix::none, rebuild));
-    if (fixes(fix, Fix::leaks)) {
-      // The old structure is leaked now; free it. Leaks left here were made
-      // by the rebuild itself.
-      const CheckResult saved = res_;
-      res_ = CheckResult{};
-      QNBD_CO_TRY(co_await compare_refcounts(Fix::leaks, rebuild, highest));
-      if (rebuild) say("ERROR rebuilt refcount structure is still broken");
-      fresh_leaks = res_.leaks;
-      res_ = saved;
+    // The old structure is leaked now; with Fix::leaks, free it. Leaks left
+    // here were made by the rebuild itself. qemu restores the earlier
+    // counters here and relies on qemu-img's second check; the engine's
+    // repair on open has no second check, so a rebuild that did not produce
+    // a consistent structure is reported as a failed check.
+    const CheckResult saved = res_;
+    res_ = CheckResult{};
+    QNBD_CO_TRY(co_await compare_refcounts(fixes(fix, Fix::leaks) ? Fix::leaks : Fix::none,
+                                           rebuild, highest));
+    const CheckResult after = res_;
+    res_ = saved;
+    fresh_leaks = after.leaks;
+    if (rebuild || after.corruptions || after.check_errors) {
+      say("ERROR rebuilt refcount structure is still broken");
+      res_.corruptions += after.corruptions;
+      res_.check_errors += after.check_errors + 1;
+      res_.failure = "rebuilt refcount structure is still broken";
+      // Keep it from being opened read-write (by qemu, too) until repaired.
+      (void)co_await signal_corruption("rebuilt refcount structure is still broken");
+      co_return errno_error(EIO);
     }
     if (res_.corruptions < old.corruptions)
       res_.corruptions_fixed += old.corruptions - res_.corruptions;
@@ -110,7 +125,8 @@ boost::asio::awaitable<CheckResult> check_image(io::File& file, CheckOptions opt
     Checker checker(file, meta, opts, res);
     if (auto r = co_await checker.run(); !r) {
       res.check_errors = std::max<std::int64_t>(res.check_errors, 1);
-      res.failure = r.error().message();
+      // A step that failed with a reason of its own has set it.
+      if (res.failure.empty()) res.failure = r.error().message();
       co_return res;
     }
   } catch (const std::bad_alloc&) {

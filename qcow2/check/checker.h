@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 // Propagates the error of a result-returning expression out of a task.
@@ -59,6 +60,13 @@ class Checker {
   task<> rebuild_refcount_structure();
   task<> write_refblocks(std::uint64_t first, std::uint64_t end,
                          std::vector<std::uint64_t>& reftable, bool& grown);
+  // Counts the clusters referenced beyond the end of the file in the
+  // in-memory table (those near enough to fit), so the rebuild allocates
+  // around them; the rest are checked before each write.
+  result<> reserve_past_eof();
+  // Fails if [offset, offset + size) holds a cluster referenced beyond the
+  // end of the file that reserve_past_eof could not count.
+  result<> refuse_far_overlap(std::uint64_t offset, std::uint64_t size);
   // oflag_copied.cpp
   task<> check_oflag_copied(Fix fix);
   // The metadata section a write would overlap (qemu's names), or nullptr.
@@ -88,6 +96,14 @@ class Checker {
   RefcountArray imrt_;
   DiskRefcounts disk_;
   std::uint64_t lines_ = 0;
+  // Clusters referenced beyond the end of the file, [first, last], in the
+  // order found. qemu (and so the comparison) does not count them, but they
+  // hold someone's metadata once the file grows: a rebuild must not place
+  // its refcount structure there (it did, over an L1 and an L2 table).
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> past_eof_;
+  bool past_eof_overflow_ = false;  // too many to remember: no rebuild
+  // The part of past_eof_ too far out to count in imrt_, sorted, merged.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> far_past_eof_;
 };
 
 }  // namespace qnbd::qcow2::check

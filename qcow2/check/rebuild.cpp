@@ -3,9 +3,59 @@
 // placed in clusters nothing references, written, made durable, and only
 // then the header is switched to them. The old structure becomes leaked
 // clusters, which the caller frees afterwards.
+//
+// "Nothing references" includes references beyond the end of the file,
+// which the comparison ignores as qemu does: qemu's overlap check refuses a
+// rebuild that would write over its L1 table or refcount table; here those
+// clusters are counted before allocating, so the structure goes around them.
 #include "qcow2/check/checker.h"
 
+#include <algorithm>
+
 namespace qnbd::qcow2::check {
+
+result<> Checker::reserve_past_eof() {
+  far_past_eof_.clear();
+  if (past_eof_overflow_) {
+    say("ERROR too many references beyond the end of the file to rebuild the refcount "
+        "structure safely");
+    res_.failure = "cannot rebuild the refcount structure: too many references beyond the end "
+                   "of the file";
+    return errno_error(EFBIG);
+  }
+  // Counting costs 4 bytes a cluster: count what lies within twice the
+  // current table (a rebuild allocates far less than that past its end);
+  // farther references are checked before every write instead.
+  const std::uint64_t limit = imrt_.size() + std::max<std::uint64_t>(imrt_.size(), 1u << 20);
+  auto ranges = past_eof_;
+  std::sort(ranges.begin(), ranges.end());
+  for (auto [lo, hi] : ranges) {
+    for (std::uint64_t k = lo; k <= std::min(hi, limit - 1); ++k)
+      (void)imrt_.increment(k);  // saturated is still non-zero: not free
+    if (hi < limit) continue;
+    lo = std::max(lo, limit);
+    if (!far_past_eof_.empty() && lo <= far_past_eof_.back().second + 1)
+      far_past_eof_.back().second = std::max(far_past_eof_.back().second, hi);
+    else
+      far_past_eof_.emplace_back(lo, hi);
+  }
+  return {};
+}
+
+result<> Checker::refuse_far_overlap(std::uint64_t offset, std::uint64_t size) {
+  const std::uint64_t lo = offset >> geo().cluster_bits();
+  const std::uint64_t hi = (offset + size - 1) >> geo().cluster_bits();
+  // The first range that ends at or after lo.
+  auto it = std::lower_bound(far_past_eof_.begin(), far_past_eof_.end(), lo,
+                             [](const auto& r, std::uint64_t c) { return r.second < c; });
+  if (it == far_past_eof_.end() || it->first > hi) return {};
+  say("ERROR rebuilding the refcount structure would overwrite cluster {} referenced beyond "
+      "the end of the file",
+      std::max(lo, it->first));
+  res_.failure = "cannot rebuild the refcount structure without overwriting metadata beyond "
+                 "the end of the file";
+  return errno_error(EIO);
+}
 
 // Writes the refcount blocks for clusters [first, end) that hold any
 // non-zero refcount, allocating the blocks themselves in the in-memory
@@ -37,6 +87,7 @@ task<> Checker::write_refblocks(std::uint64_t first, std::uint64_t end,
       reftable[index] = offset;
     }
     imrt_.encode_block(index, block);
+    QNBD_CO_TRY(refuse_far_overlap(offset, cs()));
     QNBD_CO_TRY(co_await file_.write_at(offset, block));
     cluster = block_start + per_block - 1;
   }
@@ -44,6 +95,7 @@ task<> Checker::write_refblocks(std::uint64_t first, std::uint64_t end,
 }
 
 task<> Checker::rebuild_refcount_structure() {
+  QNBD_CO_TRY(reserve_past_eof());
   std::vector<std::uint64_t> reftable;
   bool grown = false;
   QNBD_CO_TRY(co_await write_refblocks(0, imrt_.size(), reftable, grown));
@@ -63,6 +115,7 @@ task<> Checker::rebuild_refcount_structure() {
     co_return errno_error(EFBIG);
   std::vector<std::byte> raw(reftable_clusters * cs());
   for (std::uint64_t i = 0; i < reftable.size(); ++i) format::store_be64(raw.data() + i * 8, reftable[i]);
+  QNBD_CO_TRY(refuse_far_overlap(reftable_offset, raw.size()));
   QNBD_CO_TRY(co_await file_.write_at(reftable_offset, raw));
   // The new structure is durable before the header points at it.
   QNBD_CO_TRY(co_await file_.sync());

@@ -10,6 +10,11 @@ namespace qnbd::qcow2::check {
 
 using namespace format;
 
+namespace {
+// Bounds the memory of remembered references beyond EOF (16 bytes each).
+constexpr std::size_t kMaxPastEof = std::size_t{1} << 22;
+}  // namespace
+
 result<> Checker::refresh_file_size() {
   auto s = file_.size();
   if (!s) return s.error();
@@ -31,6 +36,16 @@ void Checker::inc_refcounts(std::uint64_t offset, std::uint64_t size) {
         "more: offset 0x{:x} size 0x{:x}",
         offset, size);
     ++res_.corruptions;
+    const std::uint64_t lo = offset >> geo().cluster_bits();
+    const std::uint64_t hi =
+        offset + size < offset ? ~0ull >> geo().cluster_bits()
+                               : (offset + size - 1) >> geo().cluster_bits();
+    if (!past_eof_.empty() && past_eof_.back().first <= lo && lo <= past_eof_.back().second + 1)
+      past_eof_.back().second = std::max(past_eof_.back().second, hi);
+    else if (past_eof_.size() < kMaxPastEof)
+      past_eof_.emplace_back(lo, hi);
+    else
+      past_eof_overflow_ = true;
     return;
   }
   const std::uint64_t first = offset >> geo().cluster_bits();

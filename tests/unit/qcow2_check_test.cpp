@@ -9,13 +9,17 @@
 #include "qcow2/create/create.h"
 #include "qcow2/format/endian.h"
 #include "qcow2/format/entries.h"
+#include "tests/fuzz/limited_file.h"
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <map>
+#include <string>
 
 using namespace qnbd;
 using namespace qnbd::qcow2;
@@ -219,4 +223,182 @@ TEST_CASE("qcow2 check: repair by path opens the file itself (for O_DIRECT engin
   auto missing = run.run(check::repair_dirty_image(run.ring(), std::string(path) + ".missing"));
   CHECK_FALSE(missing.has_value());
   ::unlink(path);
+}
+
+// Reproducers found by fuzz_qcow2_check: images whose L1 table, refcount
+// table or L2 table lie beyond the end of the file. The rebuild used to
+// place the new refcount structure on them (so a second check found
+// corruptions) and still report success.
+namespace {
+
+// tests/fuzz/corpus/fuzz_qcow2_check/regress-repair-still-broken (394 bytes).
+constexpr const char* kRepairStillBroken =
+    "514649fb00000002000000000000000000000000000000090000000000040000000000000000000800000000"
+    "0000060000000000000002000000000100000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000514649fb0000000300000000000000000000"
+    "0000000000000000000000000000000000000000000009000000000004000000000000000000000000000000"
+    "000000000000000000000000000800000000000006000000000000000000000000000000000000000000";
+// tests/fuzz/corpus/fuzz_qcow2_check/regress-rebuild-over-l2 (997 bytes).
+constexpr const char* kRebuildOverL2 =
+    "514649fb00000002000000000000000000000000000000090000000000040000000000000000000800000000"
+    "0000060000000000000002000000000100000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000070000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+    "00000000007e000000000000000000000000537434657863657074696f6e0000000000000011111111111111"
+    "1111111111111111118000000000002400000000000000000000000000000000000000000000000000000000"
+    "0000000000000000000000000000000000000000000000000000000000000000000000000011111111111111"
+    "1111111111111111111111111111111111111111111111111111111111111111111111111111111111111111"
+    "1111111111111111111132111111071111111111111111111111111111111111111111111111111111111111"
+    "1111111111111111111111111111111111111111111111111111111111111111111111111111111111111111"
+    "1111111111111111111111111111111111111111111111111111111111";
+
+std::vector<std::byte> from_hex(const char* h) {
+  std::vector<std::byte> out;
+  for (; h[0] && h[1]; h += 2) out.push_back(static_cast<std::byte>(std::stoi(std::string(h, 2), nullptr, 16)));
+  return out;
+}
+
+std::uint64_t be64_or_zero(const std::vector<std::byte>& b, std::uint64_t pos) {
+  return pos + 8 <= b.size() ? be64(b, pos) : 0;  // past EOF reads as zeros
+}
+
+// The active L1 table and the L2 tables it points to, entry by entry, as
+// the image reads them (zeros past EOF): what a rebuild must not overwrite.
+std::map<std::uint64_t, std::uint64_t> table_entries(const std::vector<std::byte>& b) {
+  const std::uint64_t cs = std::uint64_t{1} << format::load_be32(b.data() + 20);
+  const std::uint64_t l1 = be64(b, 40);
+  std::map<std::uint64_t, std::uint64_t> out;
+  for (std::uint64_t i = 0; i < std::min<std::uint32_t>(format::load_be32(b.data() + 36), 4096); ++i) {
+    const std::uint64_t e = be64_or_zero(b, l1 + i * 8);
+    out[l1 + i * 8] = e;
+    if (const std::uint64_t l2 = e & format::L1E_OFFSET_MASK)
+      for (std::uint64_t j = 0; j < cs / 8; ++j) out[l2 + j * 8] = be64_or_zero(b, l2 + j * 8);
+  }
+  return out;
+}
+
+// A repair may clear an entry (its table lay beyond EOF), make it read as
+// zeros or fix its COPIED flag; anything else means it was overwritten.
+bool repaired_or_same(std::uint64_t before, std::uint64_t after) {
+  return after == before || after == 0 || after == format::QCOW_OFLAG_ZERO ||
+         (after ^ before) == format::QCOW_OFLAG_COPIED;
+}
+
+int qemu_img_check(const std::vector<std::byte>& img) {
+  char path[] = "/tmp/qnbd-check-regress-XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  REQUIRE(::pwrite(fd, img.data(), img.size(), 0) == static_cast<ssize_t>(img.size()));
+  ::close(fd);
+  const int rc = std::system(fmt::format("qemu-img check -q {} >/dev/null 2>&1", path).c_str());
+  ::unlink(path);
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+// check_image(Fix::all) on a file that, like the fuzzer's, cannot grow past
+// 64 MiB (so far-away refcount blocks cannot be made to exist).
+Run repair_limited(const std::vector<std::byte>& bytes) {
+  SyncRunner run;
+  fuzz::LimitedFile f(bytes, 64u << 20);
+  Run out;
+  check::CheckOptions o;
+  o.fix = check::Fix::all;
+  o.log = [&](const std::string& l) { out.log.push_back(l); };
+  out.result = run.run(check::check_image(f, o));
+  out.after = f.contents();
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("qcow2 check: a rebuild never overwrites tables beyond EOF nor hides a failure") {
+  for (const char* hex : {kRepairStillBroken, kRebuildOverL2}) {
+    const auto img = from_hex(hex);
+    CAPTURE(img.size());
+    const auto before = table_entries(img);
+    const Run r = repair_limited(img);
+    std::string log;
+    for (const auto& l : r.log) log += l + "\n";
+    CAPTURE(log);
+    for (const auto& [pos, entry] : before) {
+      CAPTURE(pos);
+      CHECK(repaired_or_same(entry, be64_or_zero(r.after, pos)));
+    }
+    const Run again = run_check(r.after, check::Fix::none);
+    if (check::exit_code(r.result) == 0) {
+      // Claimed clean: both checkers must agree.
+      CHECK(check::exit_code(again.result) == 0);
+      CHECK(qemu_img_check(r.after) == 0);
+    } else {
+      CHECK((r.result.check_errors > 0 || r.result.corruptions > 0));
+      if (r.result.check_errors) CHECK_FALSE(r.result.failure.empty());
+    }
+    // The engine's repair on open fails rather than serve a broken image.
+    SyncRunner run;
+    fuzz::LimitedFile f(img, 64u << 20);
+    auto d = run.run(check::repair_dirty_image(f));
+    if (d.has_value()) {
+      CHECK(check::exit_code(run_check(f.contents(), check::Fix::none).result) == 0);
+      CHECK(qemu_img_check(f.contents()) == 0);
+    } else {
+      CHECK(d.error() == make_error_code(errc::corrupt_image));
+    }
+  }
+}
+
+TEST_CASE("qcow2 check: a repair that fails anywhere says so and leaves the dirty bit set") {
+  // A dirty image whose refcounts need a rebuild (as in the test above).
+  auto img = image(true);
+  format::store_be64(img.data() + format::HDR_INCOMPATIBLE_FEATURES, format::QCOW2_INCOMPAT_DIRTY);
+  for (std::uint64_t g = 0; g < 64; g += 5)
+    set_rc(img, (be64(img, l2_entry_pos(img, g)) & format::L2E_OFFSET_MASK) / kCs, 0);
+  SyncRunner run;
+  io::MemoryFile clean_run(img);
+  REQUIRE(run.run(check::repair_dirty_image(clean_run)).has_value());
+  const auto& stats = clean_run.stats();
+  REQUIRE(stats.reads > 0);
+  REQUIRE(stats.writes > 0);
+  // Every single read or write failure, before, during or after the rebuild.
+  for (auto op : {io::MemoryFile::Op::Read, io::MemoryFile::Op::Write}) {
+    const std::uint64_t n = op == io::MemoryFile::Op::Read ? stats.reads : stats.writes;
+    int failed = 0;
+    for (std::uint64_t skip = 0; skip < n; ++skip) {
+      CAPTURE(static_cast<int>(op));
+      CAPTURE(skip);
+      io::MemoryFile f(img);
+      f.inject({.op = op, .skip = skip});
+      auto r = run.run(check::repair_dirty_image(f));
+      const auto& after = f.contents();
+      if (r.has_value()) {
+        CHECK(be64(after, format::HDR_INCOMPATIBLE_FEATURES) == 0);
+        // A failed write while freeing the old structure leaves a leak,
+        // which is harmless and reported; nothing else may be left.
+        const auto again = run_check(after, check::Fix::none).result;
+        CHECK(again.corruptions == 0);
+        CHECK(again.check_errors == 0);
+        CHECK(again.leaks == r->leaks);
+      } else {
+        ++failed;
+        CHECK(r.error() == make_error_code(errc::corrupt_image));
+        CHECK((be64(after, format::HDR_INCOMPATIBLE_FEATURES) & format::QCOW2_INCOMPAT_DIRTY) != 0);
+      }
+    }
+    CHECK(failed > 0);  // the faults did hit
+  }
 }
