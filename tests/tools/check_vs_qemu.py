@@ -248,6 +248,32 @@ def run_scenario(name, img, scenario, same_data):
         check_eq(rc, 0, f"{name}: data unchanged by corruption + repair ({out}{err})")
 
 
+def fuzz_regressions():
+    """The fuzz_qcow2_check reproducers (L1 table, refcount table or L2 table
+    beyond EOF; the rebuild used to land on them and still report success):
+    qnbd-img check -r all either fails or leaves an image qemu-img finds
+    clean, and the active L1 table (zeros beyond EOF) is not overwritten."""
+    corpus = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz", "corpus",
+                          "fuzz_qcow2_check")
+    for name in ("regress-repair-still-broken", "regress-rebuild-over-l2"):
+        img = os.path.join(WORK, name + ".qcow2")
+        shutil.copyfile(os.path.join(corpus, name), img)
+        q = Qcow2(img)
+        rc, _, err = qnbd("check", "-r", "all", img, ok=None)
+        rc_q, _, _ = qemu_img("check", img, ok=None)
+        print(f"{name}: qnbd-img check -r all rc={rc}, then qemu-img check rc={rc_q}", flush=True)
+        if rc == 0:
+            check_eq(rc_q, 0, f"{name}: qemu-img check after a successful qnbd-img -r all")
+        else:
+            check(rc in (1, 2) and ("qnbd-img:" in err or "ERROR" in err),
+                  f"{name}: a failed repair says why ({err.strip()[-200:]})")
+        with open(img, "rb") as f:
+            f.seek(q.l1_offset)
+            l1 = f.read(q.l1_size * 8)
+        check_eq(l1.strip(b"\0"), b"", f"{name}: the L1 table (zeros beyond EOF) is intact")
+        os.remove(img)  # may be a sparse multi-TiB file after a grown refcount block
+
+
 def main():
     for fmt_name, opts in FORMATS:
         for name, scenario, snap, same_data in SCENARIOS:
@@ -274,6 +300,7 @@ def main():
     for name, scenario, snap, same_data in SCENARIOS:
         img = base_image(name + ".qcow2", snapshot=snap)
         run_scenario(name, img, scenario, same_data)
+    fuzz_regressions()
     cleanup(WORK)
     finish()
 
