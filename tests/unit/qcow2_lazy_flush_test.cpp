@@ -14,11 +14,13 @@ using namespace qnbd::qcow2::test;
 namespace {
 
 std::unique_ptr<Image> open_lazy(boost::asio::io_context& ctx, std::unique_ptr<io::File> f,
-                                 BackingResolver* backing = nullptr) {
+                                 BackingResolver* backing = nullptr,
+                                 std::uint64_t refcount_cache_size = 0) {
   LoadOptions o;
   o.name = "lazy";
   o.lazy_refcounts = true;
   o.writeback_interval = 0;
+  o.refcount_cache_size = refcount_cache_size;
   return run(ctx, load_image(std::move(f), o, backing));
 }
 
@@ -154,12 +156,7 @@ TEST_CASE("dirty-bit mode: refcount blocks are written back when their cache is 
   // 4 KiB clusters: one refcount block counts 8 MiB of the file.
   auto file = std::make_unique<io::MemoryFile>(make_image(12, 64 << 20));
   io::MemoryFile* raw = file.get();
-  LoadOptions o;
-  o.name = "lazy-small-cache";
-  o.lazy_refcounts = true;
-  o.writeback_interval = 0;
-  o.refcount_cache_size = 2 * 4096;
-  auto image = run(ctx, load_image(std::move(file), o, nullptr));
+  auto image = open_lazy(ctx, std::move(file), nullptr, 2 * 4096);
   const auto data = pattern(4096, 9);
   std::size_t most = 0;
   for (std::uint64_t off = 0; off < (40u << 20); off += 4096) {
