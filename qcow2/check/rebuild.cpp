@@ -23,10 +23,12 @@ result<> Checker::reserve_past_eof() {
                    "of the file";
     return errno_error(EFBIG);
   }
-  // Counting costs 4 bytes a cluster: count what lies within twice the
-  // current table (a rebuild allocates far less than that past its end);
-  // farther references are checked before every write instead.
-  const std::uint64_t limit = imrt_.size() + std::max<std::uint64_t>(imrt_.size(), 1u << 20);
+  // Count what lies where the rebuild may allocate: the free clusters
+  // inside the table and past its end about one refcount block per
+  // refblock_entries clusters plus the table. Farther references keep
+  // being corruptions (as in qemu) and are checked before every write, so
+  // a rebuild that gets there fails instead of overwriting them.
+  const std::uint64_t limit = imrt_.size() + imrt_.size() / 32 + 4096;
   auto ranges = past_eof_;
   std::sort(ranges.begin(), ranges.end());
   for (auto [lo, hi] : ranges) {

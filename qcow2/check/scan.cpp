@@ -12,7 +12,7 @@ using namespace format;
 
 namespace {
 // Bounds the memory of remembered references beyond EOF (16 bytes each).
-constexpr std::size_t kMaxPastEof = std::size_t{1} << 22;
+constexpr std::size_t kMaxPastEof = std::size_t{1} << 20;
 }  // namespace
 
 result<> Checker::refresh_file_size() {

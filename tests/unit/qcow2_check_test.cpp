@@ -402,3 +402,34 @@ TEST_CASE("qcow2 check: a repair that fails anywhere says so and leaves the dirt
     CHECK(failed > 0);  // the faults did hit
   }
 }
+
+// (The data clusters are leaked once the L1 moved, so the rebuild finds
+// room inside the file and the L1 stays beyond EOF: a corruption left.)
+TEST_CASE("qcow2 check: an L1 table beyond EOF, near or far, survives a rebuild, reported") {
+  for (const std::uint64_t gap : {std::uint64_t{1}, std::uint64_t{1} << 16}) {
+    CAPTURE(gap);
+    auto img = image();
+    const std::uint64_t l1 = img.size() + gap * kCs;
+    format::store_be64(img.data() + 40, l1);
+    format::store_be64(img.data() + format::HDR_INCOMPATIBLE_FEATURES,
+                       format::QCOW2_INCOMPAT_DIRTY);
+    set_rc(img, 0, 0);  // the header's refcount: asks for a rebuild
+    const auto r = run_check(img, check::Fix::all);
+    std::string log;
+    for (const auto& l : r.log) log += l + "\n";
+    CAPTURE(log);
+    // Nothing was written on the L1 table (it reads as zeros).
+    for (std::uint64_t pos = l1; pos < l1 + kCs && pos < r.after.size(); pos += 8)
+      REQUIRE(be64(r.after, pos) == 0);
+    if (check::exit_code(r.result) == 0) {
+      CHECK(check::exit_code(run_check(r.after, check::Fix::none).result) == 0);
+      CHECK(qemu_img_check(r.after) == 0);
+      CHECK(be64(r.after, format::HDR_INCOMPATIBLE_FEATURES) == 0);
+    } else {
+      // Still beyond EOF: a corruption the repair reports, not hides.
+      CHECK(r.result.corruptions > 0);
+      CHECK(be64(r.after, format::HDR_INCOMPATIBLE_FEATURES) != 0);
+      CHECK(check::exit_code(run_check(r.after, check::Fix::none).result) != 0);
+    }
+  }
+}
