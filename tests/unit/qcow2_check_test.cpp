@@ -430,6 +430,14 @@ TEST_CASE("qcow2 check: an L1 table beyond EOF, near or far, survives a rebuild,
       CHECK(r.result.corruptions > 0);
       CHECK(be64(r.after, format::HDR_INCOMPATIBLE_FEATURES) != 0);
       CHECK(check::exit_code(run_check(r.after, check::Fix::none).result) != 0);
+      // The engine's repair on open fails, so the image is not served.
+      SyncRunner run;
+      io::MemoryFile f(img);
+      auto d = run.run(check::repair_dirty_image(f));
+      REQUIRE_FALSE(d.has_value());
+      CHECK(d.error() == make_error_code(errc::corrupt_image));
+      CHECK((be64(f.contents(), format::HDR_INCOMPATIBLE_FEATURES) &
+             format::QCOW2_INCOMPAT_DIRTY) != 0);
     }
   }
 }
