@@ -46,6 +46,7 @@ struct Listen {
 struct Config {
   Listen listen;
   unsigned max_connections = 100;
+  unsigned workers = 0;  // worker threads; 0 = one per core, at most 8
   unsigned handshake_timeout_s = 10;
   LogLevel log_level = LogLevel::info;
   std::optional<std::string> pid_file;

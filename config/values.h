@@ -17,6 +17,7 @@ namespace qnbd::config {
 
 // Upper bounds shared by the command line and the YAML file.
 inline constexpr std::uint64_t max_connections_limit = 1'000'000;
+inline constexpr std::uint64_t max_workers = 64;
 inline constexpr std::uint64_t max_handshake_timeout = 3600;  // seconds
 inline constexpr double max_clean_interval = 86400;           // seconds
 

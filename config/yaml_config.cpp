@@ -181,7 +181,7 @@ const std::array<Field<Export>, 10> export_fields{{
      }},
 }};
 
-const std::array<Field<Config>, 6> config_fields{{
+const std::array<Field<Config>, 7> config_fields{{
     {"listen", [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
        r.read_map(n, w, listen_fields, c.listen);
        if (!c.listen.tcp && !c.listen.unix_path)
@@ -189,6 +189,9 @@ const std::array<Field<Config>, 6> config_fields{{
      }},
     {"max_connections", [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
        c.max_connections = static_cast<unsigned>(r.uint(n, w, 1, max_connections_limit));
+     }},
+    {"workers", [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
+       c.workers = static_cast<unsigned>(r.uint(n, w, 1, max_workers));
      }},
     {"handshake_timeout",
      [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {

@@ -102,6 +102,9 @@ const Option options[] = {
        t.cfg.max_connections =
            static_cast<unsigned>(config::parse_uint(v, 1, config::max_connections_limit));
      }},
+    {0, "workers", "N", Scope::global, [](Targets& t, std::string_view v) {
+       t.cfg.workers = static_cast<unsigned>(config::parse_uint(v, 1, config::max_workers));
+     }},
     {0, "handshake-timeout", "SECONDS", Scope::global, [](Targets& t, std::string_view v) {
        t.cfg.handshake_timeout_s =
            static_cast<unsigned>(config::parse_uint(v, 1, config::max_handshake_timeout));
@@ -332,6 +335,7 @@ Server:
   -C, --config=FILE          serve the exports of a YAML file
       --check-config         validate the options or FILE, print OK and exit
       --max-connections=N    limit simultaneous clients (default 100)
+      --workers=N            I/O threads (default: one per core, at most 8)
       --handshake-timeout=SECONDS  drop clients that do not finish (default 10)
       --pid-file=PATH        write the server's PID to PATH
       --fork                 return once listening, serving in the background

@@ -80,7 +80,7 @@ int serve(const config::Config& cfg) {
   boost::asio::io_context ctx(1);
   // Not capped by the number of exports: several connections to one export
   // are spread over the workers (see server/workers.h).
-  server::Workers workers(server::default_worker_count());
+  server::Workers workers(cfg.workers ? cfg.workers : server::default_worker_count());
   server::ExportRegistry exports;
   open_exports(workers, cfg, exports);
   workers.start();

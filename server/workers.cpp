@@ -40,12 +40,6 @@ unsigned Workers::index_of(const boost::asio::io_context& ctx) const {
 }
 
 unsigned default_worker_count() {
-  if (const char* env = std::getenv("QNBD_WORKERS"); env && *env) {
-    char* end = nullptr;
-    unsigned long n = std::strtoul(env, &end, 10);
-    if (*end == '\0' && n >= 1 && n <= 64) return static_cast<unsigned>(n);
-    spdlog::warn("ignoring QNBD_WORKERS='{}' (expected 1-64)", env);
-  }
   return std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
 }
 

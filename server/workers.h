@@ -57,8 +57,7 @@ class Workers {
   std::vector<std::unique_ptr<Worker>> workers_;
 };
 
-// One worker per core, at most 8; the environment variable QNBD_WORKERS
-// (1-64) overrides it (tests and benchmarks pin the count with it).
+// One worker per core, at most 8 (`--workers` / `workers:` overrides it).
 unsigned default_worker_count();
 
 }  // namespace qnbd::server

@@ -77,15 +77,9 @@ std::string slurp(const std::string& path) {
     return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-// Sets QNBD_WORKERS for the servers this test starts (they inherit environ).
-struct WorkersEnv {
-    explicit WorkersEnv(const char* n) { ::setenv("QNBD_WORKERS", n, 1); }
-    ~WorkersEnv() { ::unsetenv("QNBD_WORKERS"); }
-};
-
 std::vector<std::string> qnbd_args() {
     if (is_reference_server()) return {"-f", "qcow2"};
-    return {"-f", "qcow2", "--log-level=debug"};
+    return {"-f", "qcow2", "--log-level=debug", "--workers=2"};
 }
 
 // A server outside the fixture, because this one is SIGKILLed on purpose.
@@ -252,7 +246,6 @@ std::set<std::string> session_threads(const std::string& log, std::set<std::stri
 
 TEST_CASE("multi-conn: 4 connections to one qcow2 export on 2 workers see each other's writes") {
     TempDir dir;
-    WorkersEnv env("2");
     REQUIRE(run({"qemu-img", "create", "-q", "-f", "qcow2", dir.file("disk.qcow2"),
                  std::to_string(kSize)},
                 dir.file("qemu-img.log")) == 0);
@@ -314,10 +307,9 @@ TEST_CASE("multi-conn: 4 connections to one qcow2 export on 2 workers see each o
 
 TEST_CASE("multi-conn: the connection limit counts connections on every worker") {
     TempDir dir;
-    WorkersEnv env("2");
     auto image = make_sparse_image(dir.file("disk.raw"), 4 * MiB, {});
     if (is_reference_server()) return;  // qemu-nbd's -e is a different knob
-    Server server(dir, ServerOptions::serving(image).with_args({"--max-connections=3"}));
+    Server server(dir, ServerOptions::serving(image).with_args({"--max-connections=3", "--workers=2"}));
     std::vector<std::unique_ptr<Handle>> hs;
     for (int i = 0; i < 3; ++i) {
         hs.push_back(std::make_unique<Handle>());

@@ -189,7 +189,7 @@ TEST_CASE("yaml: every key is read") {
   std::string img1 = dir.file("images/one.qcow2"), img2 = dir.file("two.raw");
   std::string text = "listen: {host: '::', port: 10900, unix: " + (dir.path / "s.sock").string() +
                      ", tcp: true}\n"
-                     "max_connections: 7\nhandshake_timeout: 3\nlog_level: debug\n"
+                     "max_connections: 7\nworkers: 3\nhandshake_timeout: 3\nlog_level: debug\n"
                      "pid_file: run/q.pid\n"
                      "exports:\n"
                      "  - name: vm1\n    path: images/one.qcow2\n    format: qcow2\n"
@@ -203,6 +203,7 @@ TEST_CASE("yaml: every key is read") {
   CHECK(c.listen.unix_path == (dir.path / "s.sock").string());
   CHECK(c.listen.tcp);
   CHECK(c.max_connections == 7);
+  CHECK(c.workers == 3);
   CHECK(c.handshake_timeout_s == 3);
   CHECK(c.log_level == LogLevel::debug);
   CHECK(c.pid_file == (dir.path / "run/q.pid").string());
