@@ -25,6 +25,9 @@ class File {
   virtual task<> writev_at(std::uint64_t offset, std::span<const iovec> iov) = 0;
   // fdatasync: every completed write is durable when this returns.
   virtual task<> sync() = 0;
+  // The same, done on the calling thread if that is cheaper: for callers
+  // that know nothing else is waiting for their event loop.
+  virtual task<> sync_blocking() { return sync(); }
   virtual task<> punch_hole(std::uint64_t offset, std::uint64_t length) = 0;
   virtual task<> zero_range(std::uint64_t offset, std::uint64_t length) = 0;
   virtual task<> allocate(std::uint64_t offset, std::uint64_t length) = 0;

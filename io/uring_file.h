@@ -28,6 +28,7 @@ class UringFile final : public File {
   task<> readv_at(std::uint64_t offset, std::span<const iovec> iov) override;
   task<> writev_at(std::uint64_t offset, std::span<const iovec> iov) override;
   task<> sync() override;
+  task<> sync_blocking() override;
   task<> punch_hole(std::uint64_t offset, std::uint64_t length) override;
   task<> zero_range(std::uint64_t offset, std::uint64_t length) override;
   task<> allocate(std::uint64_t offset, std::uint64_t length) override;

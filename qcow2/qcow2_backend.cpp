@@ -13,11 +13,13 @@ Capabilities Qcow2Backend::capabilities() const {
 task<> Qcow2Backend::read(std::uint64_t offset, std::span<std::byte> buf) {
   if (!in_range(offset, buf.size())) co_return make_error_code(errc::out_of_range);
   if (buf.empty()) co_return result<>{};
+  Image::ActiveOp op(*image_);
   co_return co_await image_->read(offset, buf);
 }
 
 task<> Qcow2Backend::write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) {
   if (!in_range(offset, buf.size())) co_return make_error_code(errc::out_of_range);
+  Image::ActiveOp op(*image_);
   if (buf.empty()) co_return fua ? co_await image_->flush() : result<>{};
   co_return co_await image_->write(offset, buf, fua);
 }
@@ -26,20 +28,26 @@ task<> Qcow2Backend::write_zeroes(std::uint64_t offset, std::uint64_t length, bo
                                   bool fast, bool fua) {
   if (!in_range(offset, length)) co_return make_error_code(errc::out_of_range);
   if (length == 0) co_return result<>{};
+  Image::ActiveOp op(*image_);
   co_return co_await image_->write_zeroes(offset, length, may_trim, fast, fua);
 }
 
 task<> Qcow2Backend::trim(std::uint64_t offset, std::uint64_t length, bool fua) {
   if (!in_range(offset, length)) co_return make_error_code(errc::out_of_range);
   if (length == 0) co_return result<>{};
+  Image::ActiveOp op(*image_);
   co_return co_await image_->trim(offset, length, fua);
 }
 
-task<> Qcow2Backend::flush() { co_return co_await image_->flush(); }
+task<> Qcow2Backend::flush() {
+  Image::ActiveOp op(*image_);
+  co_return co_await image_->flush();
+}
 
 task<std::vector<Extent>> Qcow2Backend::block_status(std::uint64_t offset,
                                                      std::uint64_t length) {
   if (!in_range(offset, length) || length == 0) co_return make_error_code(errc::out_of_range);
+  Image::ActiveOp op(*image_);
   co_return co_await image_->block_status(offset, length);
 }
 

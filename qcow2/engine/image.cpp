@@ -151,7 +151,8 @@ task<> Image::write_incompatible(std::uint64_t bits) {
 // Every size the file had before a sync is durable after it.
 task<> Image::sync_file() {
   const std::uint64_t size = file_size_;
-  if (auto r = co_await file_->sync(); !r) co_return r;
+  auto r = active_ops_ <= 1 ? co_await file_->sync_blocking() : co_await file_->sync();
+  if (!r) co_return r;
   durable_size_ = std::max(durable_size_, size);
   co_return result<>{};
 }
