@@ -185,12 +185,12 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   co_return result<>{};
 }
 
+// Backing data past the backing file's end reads as zeros.
 bool Image::reads_as_zero(const L2Entry& e, std::uint64_t guest) const {
-  if (l2_compressed(e) || l2_host_offset(e)) return false;
-  const bool beyond_backing = !backing_ || guest >= backing_size_;
   for (unsigned sc = 0; sc < g_.subclusters_per_cluster(); ++sc) {
-    const SubclusterType t = subcluster_type(g_, e, sc);
-    if (t != SubclusterType::ZeroPlain && !(t == SubclusterType::UnallocatedPlain && beyond_backing))
+    std::uint64_t host = 0;
+    const auto kind = classify(e, sc, host);
+    if (!kind || !(*kind == MapKind::Zero || (*kind == MapKind::Backing && guest >= backing_size_)))
       return false;
   }
   return true;

@@ -10,6 +10,7 @@
 // Every decoder must either refuse the bytes or return a value that encodes
 // back to exactly those bytes and respects the spec's limits; a request
 // that validate_request accepts must be safe to execute.
+#include "tests/fuzz/fuzz_check.h"
 #include "server/protocol.h"
 
 #include <fuzzer/FuzzedDataProvider.h>
@@ -23,14 +24,6 @@
 namespace {
 
 using namespace qnbd::nbd;
-
-#define FUZZ_CHECK(cond)                                                              \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 std::span<const std::byte> as_bytes(const std::uint8_t* data, std::size_t size) {
   return {reinterpret_cast<const std::byte*>(data), size};

@@ -7,6 +7,7 @@
 // hang, an unbounded allocation, a check without repair that writes, or a
 // repair that claims success but leaves an image that a second check does
 // not find clean.
+#include "tests/fuzz/fuzz_check.h"
 #include "qcow2/check/check.h"
 #include "tests/fuzz/limited_file.h"
 
@@ -24,14 +25,6 @@
 namespace {
 
 using namespace qnbd;
-
-#define FUZZ_CHECK(cond)                                                              \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 // The image file never grows past this (see limited_file.h).
 constexpr std::uint64_t kFileLimit = 64u << 20;

@@ -10,6 +10,7 @@
 //   2  compressed cluster data (zlib and zstd) and a compress round trip
 // Every parser must either throw FormatError or return a value whose
 // invariants hold and which encodes back to an equal value.
+#include "tests/fuzz/fuzz_check.h"
 #include "qcow2/format/compression.h"
 #include "qcow2/format/entries.h"
 #include "qcow2/format/header.h"
@@ -27,14 +28,6 @@
 namespace {
 
 using namespace qnbd::qcow2::format;
-
-#define FUZZ_CHECK(cond)                                                              \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 void check_geometry(const Geometry& g) {
   FUZZ_CHECK(g.l2_entries() * g.l2_entry_size() == g.cluster_size());

@@ -15,6 +15,7 @@
 // images whose refcounts `check` finds consistent (leaks allowed): an engine
 // without overlap checks clobbers metadata on any image whose refcounts
 // claim a used cluster is free, and every such input fails the same way.
+#include "tests/fuzz/fuzz_check.h"
 #include "backend/raw_backend.h"
 #include "io/memory_file.h"
 #include "qcow2/check/check.h"
@@ -35,14 +36,6 @@
 namespace {
 
 using namespace qnbd;
-
-#define FUZZ_CHECK(cond)                                                              \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                   \
-    }                                                                                 \
-  } while (0)
 
 // The image file never grows past this (see limited_file.h).
 constexpr std::uint64_t kFileLimit = 64u << 20;
