@@ -44,14 +44,13 @@ class BlockBackend {
   virtual task<> write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) = 0;
   // may_trim: the range may be deallocated (no NBD_CMD_FLAG_NO_HOLE).
   // fast: fail with errc::fast_zero_unsupported rather than write zeros slowly.
-  virtual task<> write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim,
-                              bool fast, bool fua) = 0;
+  virtual task<> write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim, bool fast,
+                              bool fua) = 0;
   virtual task<> trim(std::uint64_t offset, std::uint64_t length, bool fua) = 0;
   virtual task<> flush() = 0;
   // Extents covering at least [offset, offset+1) and at most `length` bytes,
   // in order, lengths non-zero.
-  virtual task<std::vector<Extent>> block_status(std::uint64_t offset,
-                                                 std::uint64_t length) = 0;
+  virtual task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length) = 0;
   // Advisory prefetch.
   virtual task<> cache(std::uint64_t offset, std::uint64_t length) = 0;
   // Writes back everything dirty before the server exits.

@@ -14,10 +14,9 @@ namespace qnbd {
 namespace {
 
 std::unique_ptr<BlockBackend> open_raw(io::Ring& ring, const config::Export& e) {
-  auto f = io::UringFile::open(ring, e.path,
-                               {.read_only = e.read_only,
-                                .direct = e.cache == config::CacheMode::none,
-                                .create = false});
+  auto f = io::UringFile::open(
+      ring, e.path,
+      {.read_only = e.read_only, .direct = e.cache == config::CacheMode::none, .create = false});
   if (!f) throw std::runtime_error(e.path + ": " + f.error().message());
   return std::make_unique<RawBackend>(std::move(*f));
 }

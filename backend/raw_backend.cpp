@@ -52,8 +52,7 @@ task<> RawBackend::write_zeroes(std::uint64_t offset, std::uint64_t length, bool
                                 bool fast, bool fua) {
   result<> r = may_trim ? co_await file_->punch_hole(offset, length)
                         : co_await file_->zero_range(offset, length);
-  if (!r && not_supported(r.error()) && may_trim)
-    r = co_await file_->zero_range(offset, length);
+  if (!r && not_supported(r.error()) && may_trim) r = co_await file_->zero_range(offset, length);
   if (!r && not_supported(r.error())) {
     if (fast) co_return make_error_code(errc::fast_zero_unsupported);
     r = co_await write_zero_buffers(offset, length);

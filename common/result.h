@@ -33,9 +33,7 @@ inline error_code make_error_code(errc e) noexcept {
   return {static_cast<int>(e), qnbd_category()};
 }
 
-inline error_code errno_error(int e) noexcept {
-  return {e, boost::system::system_category()};
-}
+inline error_code errno_error(int e) noexcept { return {e, boost::system::system_category()}; }
 
 inline error_code last_errno() noexcept { return errno_error(errno); }
 

@@ -22,7 +22,7 @@ enum class CacheMode { writeback, none };
 enum class LogLevel { trace, debug, info, warn, error };
 
 struct Export {
-  std::string name;         // "" is the default export
+  std::string name;  // "" is the default export
   std::string path;
   std::string description;
   Format format = Format::detect;

@@ -23,14 +23,14 @@ std::string export_label(const Export& e) {
 }
 
 void check_listen(const Listen& l) {
-  if (!l.tcp && !l.unix_path)
-    throw ConfigError("listen: neither TCP nor a Unix socket is enabled");
+  if (!l.tcp && !l.unix_path) throw ConfigError("listen: neither TCP nor a Unix socket is enabled");
   if (l.tcp) {
     if (l.port == 0) throw ConfigError("listen: port must be 1-65535");
     if (auto p = host_problem(l.host); !p.empty()) throw ConfigError("listen: host: " + p);
   }
   if (l.unix_path)
-    if (auto p = unix_path_problem(*l.unix_path); !p.empty()) throw ConfigError("listen: unix: " + p);
+    if (auto p = unix_path_problem(*l.unix_path); !p.empty())
+      throw ConfigError("listen: unix: " + p);
 }
 
 void check_export(const Export& e) {
@@ -66,9 +66,8 @@ std::string host_problem(const std::string& host) {
                     std::all_of(host.begin(), host.end(), [](unsigned char c) {
                       return std::isalnum(c) || c == '-' || c == '.';
                     });
-  bool has_letter = std::any_of(host.begin(), host.end(), [](unsigned char c) {
-    return std::isalpha(c);
-  });
+  bool has_letter =
+      std::any_of(host.begin(), host.end(), [](unsigned char c) { return std::isalpha(c); });
   if (charset_ok && has_letter && host.front() != '-' && host.front() != '.') return {};
   return "'" + host + "' is not an IP address or host name";
 }
@@ -93,7 +92,8 @@ std::string export_strings_problem(const Export& e) {
 void validate(const Config& cfg) {
   check_listen(cfg.listen);
   if (cfg.max_connections == 0) throw ConfigError("max_connections must be at least 1");
-  if (cfg.handshake_timeout_s == 0) throw ConfigError("handshake_timeout must be at least 1 second");
+  if (cfg.handshake_timeout_s == 0)
+    throw ConfigError("handshake_timeout must be at least 1 second");
   if (cfg.exports.empty()) throw ConfigError("no exports configured");
   std::map<std::string, std::size_t> seen;
   for (std::size_t i = 0; i < cfg.exports.size(); ++i) {

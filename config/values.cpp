@@ -30,13 +30,16 @@ E parse_enum(std::string_view text, const std::array<std::pair<std::string_view,
   throw ValueError("expected " + std::string(expected) + ", got " + quoted(text));
 }
 
-constexpr std::array<std::pair<std::string_view, Format>, 2> formats{{
-    {"raw", Format::raw}, {"qcow2", Format::qcow2}}};
-constexpr std::array<std::pair<std::string_view, CacheMode>, 2> cache_modes{{
-    {"writeback", CacheMode::writeback}, {"none", CacheMode::none}}};
-constexpr std::array<std::pair<std::string_view, LogLevel>, 5> log_levels{{
-    {"trace", LogLevel::trace}, {"debug", LogLevel::debug}, {"info", LogLevel::info},
-    {"warn", LogLevel::warn}, {"error", LogLevel::error}}};
+constexpr std::array<std::pair<std::string_view, Format>, 2> formats{
+    {{"raw", Format::raw}, {"qcow2", Format::qcow2}}};
+constexpr std::array<std::pair<std::string_view, CacheMode>, 2> cache_modes{
+    {{"writeback", CacheMode::writeback}, {"none", CacheMode::none}}};
+constexpr std::array<std::pair<std::string_view, LogLevel>, 5> log_levels{
+    {{"trace", LogLevel::trace},
+     {"debug", LogLevel::debug},
+     {"info", LogLevel::info},
+     {"warn", LogLevel::warn},
+     {"error", LogLevel::error}}};
 
 std::size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<std::size_t> row(b.size() + 1);
@@ -78,11 +81,24 @@ std::uint64_t parse_size(std::string_view text) {
   unsigned shift = 0;
   if (suffix.size() == 1) {
     switch (suffix[0]) {
-      case 'k': case 'K': shift = 10; break;
-      case 'm': case 'M': shift = 20; break;
-      case 'g': case 'G': shift = 30; break;
-      case 't': case 'T': shift = 40; break;
-      default: throw bad();
+      case 'k':
+      case 'K':
+        shift = 10;
+        break;
+      case 'm':
+      case 'M':
+        shift = 20;
+        break;
+      case 'g':
+      case 'G':
+        shift = 30;
+        break;
+      case 't':
+      case 'T':
+        shift = 40;
+        break;
+      default:
+        throw bad();
     }
   } else if (!suffix.empty()) {
     throw bad();
@@ -96,8 +112,8 @@ std::uint64_t parse_size(std::string_view text) {
 
 double parse_seconds(std::string_view text, double hi) {
   double v = 0;
-  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v,
-                                   std::chars_format::fixed);
+  auto [ptr, ec] =
+      std::from_chars(text.data(), text.data() + text.size(), v, std::chars_format::fixed);
   if (text.empty() || text[0] == '-' || ec != std::errc{} || ptr != text.data() + text.size() ||
       !std::isfinite(v) || v < 0 || v > hi) {
     char buf[32];

@@ -60,7 +60,8 @@ struct Reader {
   std::string nbd_string(const YAML::Node& n, const std::string& where) const {
     return scalar(n, where, [](const std::string& s) {
       if (s.size() > max_nbd_string)
-        throw ValueError("longer than " + std::to_string(max_nbd_string) + " bytes (the NBD limit)");
+        throw ValueError("longer than " + std::to_string(max_nbd_string) +
+                         " bytes (the NBD limit)");
       return s;
     });
   }
@@ -95,7 +96,8 @@ struct Reader {
   template <class T, std::size_t N>
   void read_map(const YAML::Node& map, const std::string& where,
                 const std::array<Field<T>, N>& fields, T& out) const {
-    if (!map.IsMap()) fail(map, (where.empty() ? "config" : where) + ": expected a map, got " + kind(map));
+    if (!map.IsMap())
+      fail(map, (where.empty() ? "config" : where) + ": expected a map, got " + kind(map));
     std::set<std::string> seen;
     for (const auto& kv : map) {
       const YAML::Node& key = kv.first;
@@ -128,84 +130,84 @@ struct Reader {
 };
 
 const std::array<Field<Listen>, 4> listen_fields{{
-    {"host", [](const Reader& r, const YAML::Node& n, const std::string& w, Listen& l) {
+    {"host",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Listen& l) {
        l.host = r.string(n, w);
        if (auto p = host_problem(l.host); !p.empty()) r.fail(n, w + ": " + p);
      }},
-    {"port", [](const Reader& r, const YAML::Node& n, const std::string& w, Listen& l) {
-       l.port = static_cast<std::uint16_t>(r.uint(n, w, 1, 65535));
-     }},
-    {"unix", [](const Reader& r, const YAML::Node& n, const std::string& w, Listen& l) {
+    {"port", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                Listen& l) { l.port = static_cast<std::uint16_t>(r.uint(n, w, 1, 65535)); }},
+    {"unix",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Listen& l) {
        l.unix_path = r.optional_path(n, w);
        if (l.unix_path)
          if (auto p = unix_path_problem(*l.unix_path); !p.empty()) r.fail(n, w + ": " + p);
      }},
-    {"tcp", [](const Reader& r, const YAML::Node& n, const std::string& w, Listen& l) {
-       l.tcp = r.boolean(n, w);
-     }},
+    {"tcp", [](const Reader& r, const YAML::Node& n, const std::string& w,
+               Listen& l) { l.tcp = r.boolean(n, w); }},
 }};
 
 const std::array<Field<Export>, 10> export_fields{{
-    {"name", [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
-       e.name = r.nbd_string(n, w);
-     }},
-    {"path", [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
-       e.path = r.path(n, w);
-     }},
-    {"format", [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
+    {"name", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                Export& e) { e.name = r.nbd_string(n, w); }},
+    {"path", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                Export& e) { e.path = r.path(n, w); }},
+    {"format",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
        e.format = r.scalar(n, w, [](const std::string& s) { return parse_format(s); });
      }},
-    {"read_only", [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
-       e.read_only = r.boolean(n, w);
-     }},
-    {"description", [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
+    {"read_only", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                     Export& e) { e.read_only = r.boolean(n, w); }},
+    {"description",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
        e.description = n.IsNull() ? std::string() : r.nbd_string(n, w);
      }},
-    {"cache", [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
+    {"cache",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
        e.cache = r.scalar(n, w, [](const std::string& s) { return parse_cache_mode(s); });
      }},
-    {"l2_cache_size", [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
+    {"l2_cache_size",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
        e.l2_cache_size = r.scalar(n, w, [](const std::string& s) { return parse_size(s); });
      }},
     {"refcount_cache_size",
      [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
        e.refcount_cache_size = r.scalar(n, w, [](const std::string& s) { return parse_size(s); });
      }},
-    {"lazy_refcounts", [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
-       e.lazy_refcounts = r.boolean(n, w);
-     }},
+    {"lazy_refcounts", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                          Export& e) { e.lazy_refcounts = r.boolean(n, w); }},
     {"cache_clean_interval",
      [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
-       e.cache_clean_interval =
-           r.scalar(n, w, [](const std::string& s) { return parse_seconds(s, max_clean_interval); });
+       e.cache_clean_interval = r.scalar(
+           n, w, [](const std::string& s) { return parse_seconds(s, max_clean_interval); });
      }},
 }};
 
 const std::array<Field<Config>, 7> config_fields{{
-    {"listen", [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
+    {"listen",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
        r.read_map(n, w, listen_fields, c.listen);
        if (!c.listen.tcp && !c.listen.unix_path)
          r.fail(n, w + ": 'tcp: false' needs a 'unix' socket path, or nothing would listen");
      }},
-    {"max_connections", [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
+    {"max_connections",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
        c.max_connections = static_cast<unsigned>(r.uint(n, w, 1, max_connections_limit));
      }},
-    {"workers", [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
-       c.workers = static_cast<unsigned>(r.uint(n, w, 1, max_workers));
-     }},
+    {"workers", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                   Config& c) { c.workers = static_cast<unsigned>(r.uint(n, w, 1, max_workers)); }},
     {"handshake_timeout",
      [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
        c.handshake_timeout_s = static_cast<unsigned>(r.uint(n, w, 1, max_handshake_timeout));
      }},
-    {"log_level", [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
+    {"log_level",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
        c.log_level = r.scalar(n, w, [](const std::string& s) { return parse_log_level(s); });
      }},
-    {"pid_file", [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
-       c.pid_file = r.optional_path(n, w);
-     }},
-    {"exports", [](const Reader& r, const YAML::Node& n, const std::string&, Config& c) {
-       r.read_exports(n, c);
-     }},
+    {"pid_file", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                    Config& c) { c.pid_file = r.optional_path(n, w); }},
+    {"exports", [](const Reader& r, const YAML::Node& n, const std::string&,
+                   Config& c) { r.read_exports(n, c); }},
 }};
 
 Config Reader::read(const YAML::Node& root) const {
@@ -250,7 +252,8 @@ Config parse_config_text(const std::string& text, const std::string& file_name,
   try {
     root = YAML::Load(text);
   } catch (const YAML::ParserException& e) {
-    throw ConfigError(file_name + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
+    throw ConfigError(file_name + ":" + std::to_string(e.mark.line + 1) +
+                      ": invalid YAML: " + e.msg);
   }
   Reader reader{file_name, base_dir};
   Config cfg = reader.read(root);
@@ -264,7 +267,8 @@ Config parse_config_text(const std::string& text, const std::string& file_name,
 
 Config load_config_file(const std::string& path) {
   std::error_code ec;
-  if (fs::is_directory(path, ec)) throw ConfigError(path + ": is a directory, expected a YAML file");
+  if (fs::is_directory(path, ec))
+    throw ConfigError(path + ": is a directory, expected a YAML file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError(path + ": cannot read config: " + std::strerror(errno));
   std::ostringstream text;

@@ -120,8 +120,10 @@ task<> UringFile::bounced(bool write, std::uint64_t offset, std::span<const iove
       if (auto r = co_await bounce_read(end - a, blocks.last(a)); !r) co_return r;
   }
   for (const auto& v : iov) {
-    if (write) std::memcpy(p, v.iov_base, v.iov_len);
-    else std::memcpy(v.iov_base, p, v.iov_len);
+    if (write)
+      std::memcpy(p, v.iov_base, v.iov_len);
+    else
+      std::memcpy(v.iov_base, p, v.iov_len);
     p += v.iov_len;
   }
   if (!write) co_return result<>{};
@@ -210,9 +212,8 @@ task<> UringFile::fallocate(int mode, std::uint64_t offset, std::uint64_t length
   if (length == 0) co_return result<>{};
   int r;
   if (!ring_.available()) {
-    r = ::fallocate(fd_, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) < 0
-            ? -errno
-            : 0;
+    r = ::fallocate(fd_, mode, static_cast<off_t>(offset), static_cast<off_t>(length)) < 0 ? -errno
+                                                                                           : 0;
   } else {
     int fd = fd_;
     r = co_await ring_.run(

@@ -49,8 +49,7 @@ class UringFile final : public File {
   task<> bounce_read(std::uint64_t start, std::span<std::byte> blocks);
   task<> bounced(bool write, std::uint64_t offset, std::span<const iovec> iov);
   task<> raw_writev(std::uint64_t offset, std::span<const iovec> iov);
-  boost::asio::awaitable<int> rw(bool write, std::uint64_t offset, const iovec* iov,
-                                 unsigned n);
+  boost::asio::awaitable<int> rw(bool write, std::uint64_t offset, const iovec* iov, unsigned n);
 
   Ring& ring_;
   bool bounce_busy_ = false;

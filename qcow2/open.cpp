@@ -64,7 +64,8 @@ class ChainOpener final : public BackingResolver {
     const std::string real = canonical(path);
     for (const auto& p : chain_)
       if (p == real) throw std::runtime_error(path + ": backing chain loop");
-    if (chain_.size() >= kMaxChainDepth) throw std::runtime_error(path + ": backing chain too deep");
+    if (chain_.size() >= kMaxChainDepth)
+      throw std::runtime_error(path + ": backing chain too deep");
     io::OpenOptions fo;
     fo.read_only = read_only;
     fo.direct = opts_.direct;
@@ -79,8 +80,8 @@ class ChainOpener final : public BackingResolver {
       // before the first allocation trusts them, as QEMU does on open.
       spdlog::warn("{}: dirty bit set; repairing refcounts before serving", path);
       auto r = co_await check::repair_dirty_image(ring_, path);
-      if (!r) throw std::runtime_error(path + ": could not repair dirty image: " +
-                                       r.error().message());
+      if (!r)
+        throw std::runtime_error(path + ": could not repair dirty image: " + r.error().message());
       spdlog::info("{}: repaired ({} leaks and {} corruptions fixed)", path, r->leaks_fixed,
                    r->corruptions_fixed);
     }

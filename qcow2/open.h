@@ -18,7 +18,7 @@ struct OpenOptions {
   bool direct = false;              // O_DIRECT for the image (and backing files)
   std::uint64_t l2_cache_size = 0;  // bytes, 0 = default
   std::uint64_t refcount_cache_size = 0;
-  bool lazy_refcounts = false;      // dirty-bit mode: refcounts written at close only
+  bool lazy_refcounts = false;  // dirty-bit mode: refcounts written at close only
   double cache_clean_interval = 5.0;
 };
 

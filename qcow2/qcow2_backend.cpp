@@ -44,8 +44,7 @@ task<> Qcow2Backend::flush() {
   co_return co_await image_->flush();
 }
 
-task<std::vector<Extent>> Qcow2Backend::block_status(std::uint64_t offset,
-                                                     std::uint64_t length) {
+task<std::vector<Extent>> Qcow2Backend::block_status(std::uint64_t offset, std::uint64_t length) {
   if (!in_range(offset, length) || length == 0) co_return make_error_code(errc::out_of_range);
   Image::ActiveOp op(*image_);
   co_return co_await image_->block_status(offset, length);

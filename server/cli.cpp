@@ -59,63 +59,61 @@ std::string nbd_string(std::string_view v) {
 }
 
 const Option options[] = {
-    {'k', "socket", "PATH", Scope::listen, [](Targets& t, std::string_view v) {
+    {'k', "socket", "PATH", Scope::listen,
+     [](Targets& t, std::string_view v) {
        t.listen.unix_path = checked_path(v);
        if (auto p = config::unix_path_problem(*t.listen.unix_path); !p.empty()) throw ValueError(p);
      }},
-    {'b', "bind", "ADDR", Scope::listen, [](Targets& t, std::string_view v) {
-       std::string host(v.size() > 2 && v.front() == '[' && v.back() == ']' ? v.substr(1, v.size() - 2) : v);
+    {'b', "bind", "ADDR", Scope::listen,
+     [](Targets& t, std::string_view v) {
+       std::string host(
+           v.size() > 2 && v.front() == '[' && v.back() == ']' ? v.substr(1, v.size() - 2) : v);
        if (auto p = config::host_problem(host); !p.empty()) throw ValueError(p);
        t.listen.host = host;
      }},
-    {'p', "port", "N", Scope::listen, [](Targets& t, std::string_view v) {
+    {'p', "port", "N", Scope::listen,
+     [](Targets& t, std::string_view v) {
        t.listen.port = static_cast<std::uint16_t>(config::parse_uint(v, 1, 65535));
      }},
-    {'x', "export-name", "NAME", Scope::per_export, [](Targets& t, std::string_view v) {
-       t.exp.name = nbd_string(v);
-     }},
-    {'D', "description", "TEXT", Scope::per_export, [](Targets& t, std::string_view v) {
-       t.exp.description = nbd_string(v);
-     }},
-    {'r', "read-only", "", Scope::per_export, [](Targets& t, std::string_view) {
-       t.exp.read_only = true;
-     }},
-    {'f', "format", "FMT", Scope::per_export, [](Targets& t, std::string_view v) {
-       t.exp.format = config::parse_format(v);
-     }},
-    {0, "cache", "MODE", Scope::per_export, [](Targets& t, std::string_view v) {
-       t.exp.cache = config::parse_cache_mode(v);
-     }},
-    {0, "l2-cache-size", "SIZE", Scope::per_export, [](Targets& t, std::string_view v) {
-       t.exp.l2_cache_size = config::parse_size(v);
-     }},
-    {0, "refcount-cache-size", "SIZE", Scope::per_export, [](Targets& t, std::string_view v) {
-       t.exp.refcount_cache_size = config::parse_size(v);
-     }},
-    {0, "lazy-refcounts", "", Scope::per_export, [](Targets& t, std::string_view) {
-       t.exp.lazy_refcounts = true;
-     }},
-    {0, "cache-clean-interval", "SECONDS", Scope::per_export, [](Targets& t, std::string_view v) {
+    {'x', "export-name", "NAME", Scope::per_export,
+     [](Targets& t, std::string_view v) { t.exp.name = nbd_string(v); }},
+    {'D', "description", "TEXT", Scope::per_export,
+     [](Targets& t, std::string_view v) { t.exp.description = nbd_string(v); }},
+    {'r', "read-only", "", Scope::per_export,
+     [](Targets& t, std::string_view) { t.exp.read_only = true; }},
+    {'f', "format", "FMT", Scope::per_export,
+     [](Targets& t, std::string_view v) { t.exp.format = config::parse_format(v); }},
+    {0, "cache", "MODE", Scope::per_export,
+     [](Targets& t, std::string_view v) { t.exp.cache = config::parse_cache_mode(v); }},
+    {0, "l2-cache-size", "SIZE", Scope::per_export,
+     [](Targets& t, std::string_view v) { t.exp.l2_cache_size = config::parse_size(v); }},
+    {0, "refcount-cache-size", "SIZE", Scope::per_export,
+     [](Targets& t, std::string_view v) { t.exp.refcount_cache_size = config::parse_size(v); }},
+    {0, "lazy-refcounts", "", Scope::per_export,
+     [](Targets& t, std::string_view) { t.exp.lazy_refcounts = true; }},
+    {0, "cache-clean-interval", "SECONDS", Scope::per_export,
+     [](Targets& t, std::string_view v) {
        t.exp.cache_clean_interval = config::parse_seconds(v, config::max_clean_interval);
      }},
-    {0, "max-connections", "N", Scope::global, [](Targets& t, std::string_view v) {
+    {0, "max-connections", "N", Scope::global,
+     [](Targets& t, std::string_view v) {
        t.cfg.max_connections =
            static_cast<unsigned>(config::parse_uint(v, 1, config::max_connections_limit));
      }},
-    {0, "workers", "N", Scope::global, [](Targets& t, std::string_view v) {
+    {0, "workers", "N", Scope::global,
+     [](Targets& t, std::string_view v) {
        t.cfg.workers = static_cast<unsigned>(config::parse_uint(v, 1, config::max_workers));
      }},
-    {0, "handshake-timeout", "SECONDS", Scope::global, [](Targets& t, std::string_view v) {
+    {0, "handshake-timeout", "SECONDS", Scope::global,
+     [](Targets& t, std::string_view v) {
        t.cfg.handshake_timeout_s =
            static_cast<unsigned>(config::parse_uint(v, 1, config::max_handshake_timeout));
      }},
-    {0, "pid-file", "PATH", Scope::global, [](Targets& t, std::string_view v) {
-       t.cfg.pid_file = checked_path(v);
-     }},
+    {0, "pid-file", "PATH", Scope::global,
+     [](Targets& t, std::string_view v) { t.cfg.pid_file = checked_path(v); }},
     {0, "fork", "", Scope::global, [](Targets& t, std::string_view) { t.cfg.fork = true; }},
-    {0, "log-level", "LEVEL", Scope::global, [](Targets& t, std::string_view v) {
-       t.cfg.log_level = config::parse_log_level(v);
-     }},
+    {0, "log-level", "LEVEL", Scope::global,
+     [](Targets& t, std::string_view v) { t.cfg.log_level = config::parse_log_level(v); }},
     // qnbd always keeps serving after a client leaves; -t is accepted so
     // qemu-nbd command lines work unchanged.
     {'t', "persistent", "", Scope::global, [](Targets&, std::string_view) {}},

@@ -64,8 +64,8 @@ boost::asio::awaitable<error_code> Connection::write_all(
 }
 
 boost::asio::awaitable<error_code> Connection::write_all(std::span<const std::byte> bytes) {
-  auto [ec, n] =
-      co_await boost::asio::async_write(socket_, boost::asio::buffer(bytes.data(), bytes.size()), use_tuple);
+  auto [ec, n] = co_await boost::asio::async_write(
+      socket_, boost::asio::buffer(bytes.data(), bytes.size()), use_tuple);
   co_return ec;
 }
 

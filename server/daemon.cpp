@@ -37,7 +37,8 @@ void sd_notify(const std::string& msg) {
 
 void fork_and_wait_for_ready() {
   int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) < 0) throw std::runtime_error("pipe: " + std::string(std::strerror(errno)));
+  if (::pipe2(fds, O_CLOEXEC) < 0)
+    throw std::runtime_error("pipe: " + std::string(std::strerror(errno)));
   pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork: " + std::string(std::strerror(errno)));
   if (pid > 0) {

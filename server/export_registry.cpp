@@ -3,8 +3,7 @@
 namespace qnbd::server {
 
 Export& ExportRegistry::add(std::string name, std::string description,
-                            std::unique_ptr<BlockBackend> backend,
-                            boost::asio::io_context& home) {
+                            std::unique_ptr<BlockBackend> backend, boost::asio::io_context& home) {
   auto e = std::make_unique<Export>();
   e->name = std::move(name);
   e->description = std::move(description);

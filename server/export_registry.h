@@ -19,7 +19,7 @@ struct Export {
   std::unique_ptr<BlockBackend> backend;
   Capabilities caps;
   std::uint64_t size = 0;
-  unsigned connections = 0;     // touched on the main thread only
+  unsigned connections = 0;                 // touched on the main thread only
   boost::asio::io_context* home = nullptr;  // the worker that owns the backend
 };
 

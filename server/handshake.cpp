@@ -100,8 +100,12 @@ awaitable<bool> Handshake::info(std::uint32_t opt, const Export& e, std::uint16_
       put64(b.data() + 2, e.size);
       put16(b.data() + 10, transmission_flags(e));
       break;
-    case NBD_INFO_NAME: append(e.name); break;
-    case NBD_INFO_DESCRIPTION: append(e.description); break;
+    case NBD_INFO_NAME:
+      append(e.name);
+      break;
+    case NBD_INFO_DESCRIPTION:
+      append(e.description);
+      break;
     case NBD_INFO_BLOCK_SIZE:
       b.resize(14);
       put32(b.data() + 2, e.caps.min_block);
@@ -139,7 +143,7 @@ awaitable<Step> Handshake::opt_export_name(std::span<const std::byte> data) {
 awaitable<Step> Handshake::opt_list(std::uint32_t opt, std::span<const std::byte> data) {
   if (!data.empty())
     co_return co_await error(opt, NBD_REP_ERR_INVALID, "LIST takes no data") ? Step::next
-                                                                               : Step::close;
+                                                                             : Step::close;
   for (const auto& e : exports_.all()) {
     std::vector<std::byte> b(4);
     put32(b.data(), static_cast<std::uint32_t>(e->name.size()));
@@ -179,7 +183,8 @@ awaitable<Step> Handshake::opt_info_go(std::uint32_t opt, std::span<const std::b
   co_return Step::done;
 }
 
-awaitable<Step> Handshake::opt_structured_reply(std::uint32_t opt, std::span<const std::byte> data) {
+awaitable<Step> Handshake::opt_structured_reply(std::uint32_t opt,
+                                                std::span<const std::byte> data) {
   if (!data.empty())
     co_return co_await error(opt, NBD_REP_ERR_INVALID, "STRUCTURED_REPLY takes no data")
         ? Step::next
@@ -205,7 +210,8 @@ awaitable<Step> Handshake::opt_meta_context(std::uint32_t opt, std::span<const s
         ? Step::next
         : Step::close;
   if (!exports_.find(req->export_name))
-    co_return co_await error(opt, NBD_REP_ERR_UNKNOWN, "export '" + req->export_name + "' not found")
+    co_return co_await error(opt, NBD_REP_ERR_UNKNOWN,
+                             "export '" + req->export_name + "' not found")
         ? Step::next
         : Step::close;
   bool match = !set && req->queries.empty();
@@ -225,14 +231,20 @@ awaitable<Step> Handshake::opt_meta_context(std::uint32_t opt, std::span<const s
 
 awaitable<Step> Handshake::option(std::uint32_t opt, std::span<const std::byte> data) {
   switch (opt) {
-    case NBD_OPT_EXPORT_NAME: return opt_export_name(data);
-    case NBD_OPT_LIST: return opt_list(opt, data);
+    case NBD_OPT_EXPORT_NAME:
+      return opt_export_name(data);
+    case NBD_OPT_LIST:
+      return opt_list(opt, data);
     case NBD_OPT_INFO:
-    case NBD_OPT_GO: return opt_info_go(opt, data);
-    case NBD_OPT_STRUCTURED_REPLY: return opt_structured_reply(opt, data);
+    case NBD_OPT_GO:
+      return opt_info_go(opt, data);
+    case NBD_OPT_STRUCTURED_REPLY:
+      return opt_structured_reply(opt, data);
     case NBD_OPT_LIST_META_CONTEXT:
-    case NBD_OPT_SET_META_CONTEXT: return opt_meta_context(opt, data);
-    default: break;
+    case NBD_OPT_SET_META_CONTEXT:
+      return opt_meta_context(opt, data);
+    default:
+      break;
   }
   return [](Handshake* self, std::uint32_t o) -> awaitable<Step> {
     if (o == NBD_OPT_ABORT) {
@@ -240,7 +252,7 @@ awaitable<Step> Handshake::option(std::uint32_t opt, std::span<const std::byte> 
       co_return Step::close;
     }
     co_return co_await self->error(o, NBD_REP_ERR_UNSUP, "option not supported") ? Step::next
-                                                                                  : Step::close;
+                                                                                 : Step::close;
   }(this, opt);
 }
 

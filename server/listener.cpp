@@ -40,19 +40,19 @@ void listen_tcp(Listeners& out, boost::asio::io_context& ctx, const config::List
   auto addr = ip::make_address(l.host, ec);
   if (ec) throw std::runtime_error(fmt::format("invalid bind address '{}'", l.host));
   ip::tcp::endpoint ep(addr, l.port);
-  std::string what = addr.is_v6() ? fmt::format("[{}]:{}", l.host, l.port)
-                                   : fmt::format("{}:{}", l.host, l.port);
+  std::string what =
+      addr.is_v6() ? fmt::format("[{}]:{}", l.host, l.port) : fmt::format("{}:{}", l.host, l.port);
   listen_on(out, ctx, stream_protocol::endpoint(ep), what);
 }
 
 void listen_unix(Listeners& out, boost::asio::io_context& ctx, const std::string& path) {
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode))
-      throw std::runtime_error(path + ": exists and is not a socket");
+    if (!S_ISSOCK(st.st_mode)) throw std::runtime_error(path + ": exists and is not a socket");
     ::unlink(path.c_str());  // stale socket of an earlier run
   }
-  listen_on(out, ctx, stream_protocol::endpoint(boost::asio::local::stream_protocol::endpoint(path)),
+  listen_on(out, ctx,
+            stream_protocol::endpoint(boost::asio::local::stream_protocol::endpoint(path)),
             "unix:" + path);
   out.unix_path = path;
 }

@@ -19,12 +19,8 @@ void put64(std::byte* p, std::uint64_t v) {
 std::uint16_t get16(const std::byte* p) {
   return std::uint16_t((std::to_integer<unsigned>(p[0]) << 8) | std::to_integer<unsigned>(p[1]));
 }
-std::uint32_t get32(const std::byte* p) {
-  return (std::uint32_t(get16(p)) << 16) | get16(p + 2);
-}
-std::uint64_t get64(const std::byte* p) {
-  return (std::uint64_t(get32(p)) << 32) | get32(p + 4);
-}
+std::uint32_t get32(const std::byte* p) { return (std::uint32_t(get16(p)) << 16) | get16(p + 2); }
+std::uint64_t get64(const std::byte* p) { return (std::uint64_t(get32(p)) << 32) | get32(p + 4); }
 
 std::optional<Request> decode_request(std::span<const std::byte, kRequestSize> in) {
   if (get32(in.data()) != NBD_REQUEST_MAGIC) return std::nullopt;
@@ -81,8 +77,12 @@ namespace {
 class Cursor {
  public:
   explicit Cursor(std::span<const std::byte> in) : in_(in) {}
-  bool u16(std::uint16_t& v) { return take(2, [&](auto p) { v = get16(p); }); }
-  bool u32(std::uint32_t& v) { return take(4, [&](auto p) { v = get32(p); }); }
+  bool u16(std::uint16_t& v) {
+    return take(2, [&](auto p) { v = get16(p); });
+  }
+  bool u32(std::uint32_t& v) {
+    return take(4, [&](auto p) { v = get32(p); });
+  }
   bool str(std::size_t n, std::string& s) {
     if (n > NBD_MAX_STRING) return false;
     return take(n, [&](auto p) { s.assign(reinterpret_cast<const char*>(p), n); });
@@ -137,12 +137,16 @@ namespace {
 
 constexpr std::uint16_t allowed_flags(std::uint16_t type) {
   switch (type) {
-    case NBD_CMD_READ: return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF;
-    case NBD_CMD_WRITE: return NBD_CMD_FLAG_FUA;
+    case NBD_CMD_READ:
+      return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF;
+    case NBD_CMD_WRITE:
+      return NBD_CMD_FLAG_FUA;
     case NBD_CMD_WRITE_ZEROES:
       return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
-    case NBD_CMD_BLOCK_STATUS: return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE;
-    default: return NBD_CMD_FLAG_FUA;
+    case NBD_CMD_BLOCK_STATUS:
+      return NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE;
+    default:
+      return NBD_CMD_FLAG_FUA;
   }
 }
 
@@ -157,12 +161,22 @@ std::uint32_t validate_request(const Request& r, const ExportLimits& lim) {
     case NBD_CMD_READ:
     case NBD_CMD_WRITE:
     case NBD_CMD_FLUSH:
-    case NBD_CMD_DISC: break;
-    case NBD_CMD_TRIM: if (!lim.can_trim) return NBD_EINVAL; break;
-    case NBD_CMD_WRITE_ZEROES: if (!lim.can_zero) return NBD_EINVAL; break;
-    case NBD_CMD_CACHE: if (!lim.can_cache) return NBD_EINVAL; break;
-    case NBD_CMD_BLOCK_STATUS: if (!lim.base_allocation) return NBD_EINVAL; break;
-    default: return NBD_EINVAL;
+    case NBD_CMD_DISC:
+      break;
+    case NBD_CMD_TRIM:
+      if (!lim.can_trim) return NBD_EINVAL;
+      break;
+    case NBD_CMD_WRITE_ZEROES:
+      if (!lim.can_zero) return NBD_EINVAL;
+      break;
+    case NBD_CMD_CACHE:
+      if (!lim.can_cache) return NBD_EINVAL;
+      break;
+    case NBD_CMD_BLOCK_STATUS:
+      if (!lim.base_allocation) return NBD_EINVAL;
+      break;
+    default:
+      return NBD_EINVAL;
   }
   if (r.flags & ~allowed_flags(r.type)) return NBD_EINVAL;
   if ((r.flags & NBD_CMD_FLAG_DF) && !lim.structured) return NBD_EINVAL;
@@ -181,48 +195,77 @@ std::uint32_t validate_request(const Request& r, const ExportLimits& lim) {
 
 std::uint32_t errno_to_nbd(int err) {
   switch (err) {
-    case 0: return 0;
+    case 0:
+      return 0;
     case EPERM:
-    case EROFS: return NBD_EPERM;
-    case EIO: return NBD_EIO;
-    case ENOMEM: return NBD_ENOMEM;
-    case EINVAL: return NBD_EINVAL;
+    case EROFS:
+      return NBD_EPERM;
+    case EIO:
+      return NBD_EIO;
+    case ENOMEM:
+      return NBD_ENOMEM;
+    case EINVAL:
+      return NBD_EINVAL;
     case ENOSPC:
     case EDQUOT:
-    case EFBIG: return NBD_ENOSPC;
-    case EOVERFLOW: return NBD_EOVERFLOW;
-    case ENOTSUP: return NBD_ENOTSUP;
-    case ESHUTDOWN: return NBD_ESHUTDOWN;
-    default: return NBD_EIO;
+    case EFBIG:
+      return NBD_ENOSPC;
+    case EOVERFLOW:
+      return NBD_EOVERFLOW;
+    case ENOTSUP:
+      return NBD_ENOTSUP;
+    case ESHUTDOWN:
+      return NBD_ESHUTDOWN;
+    default:
+      return NBD_EIO;
   }
 }
 
 const char* command_name(std::uint16_t type) {
   switch (type) {
-    case NBD_CMD_READ: return "READ";
-    case NBD_CMD_WRITE: return "WRITE";
-    case NBD_CMD_DISC: return "DISC";
-    case NBD_CMD_FLUSH: return "FLUSH";
-    case NBD_CMD_TRIM: return "TRIM";
-    case NBD_CMD_CACHE: return "CACHE";
-    case NBD_CMD_WRITE_ZEROES: return "WRITE_ZEROES";
-    case NBD_CMD_BLOCK_STATUS: return "BLOCK_STATUS";
-    default: return "UNKNOWN";
+    case NBD_CMD_READ:
+      return "READ";
+    case NBD_CMD_WRITE:
+      return "WRITE";
+    case NBD_CMD_DISC:
+      return "DISC";
+    case NBD_CMD_FLUSH:
+      return "FLUSH";
+    case NBD_CMD_TRIM:
+      return "TRIM";
+    case NBD_CMD_CACHE:
+      return "CACHE";
+    case NBD_CMD_WRITE_ZEROES:
+      return "WRITE_ZEROES";
+    case NBD_CMD_BLOCK_STATUS:
+      return "BLOCK_STATUS";
+    default:
+      return "UNKNOWN";
   }
 }
 
 const char* option_name(std::uint32_t option) {
   switch (option) {
-    case NBD_OPT_EXPORT_NAME: return "EXPORT_NAME";
-    case NBD_OPT_ABORT: return "ABORT";
-    case NBD_OPT_LIST: return "LIST";
-    case NBD_OPT_STARTTLS: return "STARTTLS";
-    case NBD_OPT_INFO: return "INFO";
-    case NBD_OPT_GO: return "GO";
-    case NBD_OPT_STRUCTURED_REPLY: return "STRUCTURED_REPLY";
-    case NBD_OPT_LIST_META_CONTEXT: return "LIST_META_CONTEXT";
-    case NBD_OPT_SET_META_CONTEXT: return "SET_META_CONTEXT";
-    default: return "UNKNOWN";
+    case NBD_OPT_EXPORT_NAME:
+      return "EXPORT_NAME";
+    case NBD_OPT_ABORT:
+      return "ABORT";
+    case NBD_OPT_LIST:
+      return "LIST";
+    case NBD_OPT_STARTTLS:
+      return "STARTTLS";
+    case NBD_OPT_INFO:
+      return "INFO";
+    case NBD_OPT_GO:
+      return "GO";
+    case NBD_OPT_STRUCTURED_REPLY:
+      return "STRUCTURED_REPLY";
+    case NBD_OPT_LIST_META_CONTEXT:
+      return "LIST_META_CONTEXT";
+    case NBD_OPT_SET_META_CONTEXT:
+      return "SET_META_CONTEXT";
+    default:
+      return "UNKNOWN";
   }
 }
 

@@ -175,7 +175,7 @@ std::optional<MetaContextRequest> parse_meta_context_request(std::span<const std
 struct ExportLimits {
   std::uint64_t size = 0;
   bool read_only = false;
-  bool structured = false;  // structured replies negotiated
+  bool structured = false;       // structured replies negotiated
   bool base_allocation = false;  // base:allocation context negotiated
   bool can_trim = true, can_zero = true, can_cache = true, can_fast_zero = true;
   std::uint32_t min_block = 1;

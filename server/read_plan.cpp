@@ -5,8 +5,7 @@
 namespace qnbd::server {
 
 std::vector<ReadChunk> plan_read_chunks(std::uint64_t offset, std::uint32_t length,
-                                        std::span<const Extent> extents,
-                                        std::uint32_t min_hole) {
+                                        std::span<const Extent> extents, std::uint32_t min_hole) {
   std::vector<ReadChunk> out;
   auto add = [&out](std::uint64_t off, std::uint32_t len, bool hole) {
     if (len == 0) return;

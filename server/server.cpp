@@ -84,11 +84,13 @@ awaitable<void> Server::serve(Socket s) {
                            limit.async_wait(boost::asio::as_tuple(use_awaitable)));
   handshaking_.erase(&conn);
   std::optional<Negotiated> neg;
-  if (outcome.index() == 0) neg = std::get<0>(outcome);
-  else spdlog::info("{}: handshake not finished within {} s, closing", peer, cfg_.handshake_timeout_s);
+  if (outcome.index() == 0)
+    neg = std::get<0>(outcome);
+  else
+    spdlog::info("{}: handshake not finished within {} s, closing", peer, cfg_.handshake_timeout_s);
   if (neg && !stopping_) {
     spdlog::debug("{}: export '{}' ({}structured replies)", peer, neg->exp->name,
-                 neg->structured ? "" : "no ");
+                  neg->structured ? "" : "no ");
     Export& e = *neg->exp;
     const unsigned home = workers_.index_of(*e.home);
     const unsigned w = place(e, home);
@@ -133,10 +135,9 @@ awaitable<void> Server::shutdown() {
     co_await idle_.async_wait(boost::asio::as_tuple(use_awaitable));
   }
   for (auto& e : exports_.all()) {
-    auto r = co_await boost::asio::co_spawn(e->home->get_executor(), e->backend->close(),
-                                            use_awaitable);
-    if (!r)
-      spdlog::error("export '{}': closing failed: {}", e->name, r.error().message());
+    auto r =
+        co_await boost::asio::co_spawn(e->home->get_executor(), e->backend->close(), use_awaitable);
+    if (!r) spdlog::error("export '{}': closing failed: {}", e->name, r.error().message());
   }
   if (!listeners_.unix_path.empty()) ::unlink(listeners_.unix_path.c_str());
 }

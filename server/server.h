@@ -46,9 +46,9 @@ class Server {
   bool stopping_ = false;
   std::set<Connection*> handshaking_;
   std::set<std::shared_ptr<Session>> sessions_;
-  std::vector<unsigned> load_;                  // sessions per worker
-  std::map<const Export*, unsigned> on_home_;   // sessions on the export's home worker
-  unsigned next_ = 0;                           // round-robin among equally loaded
+  std::vector<unsigned> load_;                 // sessions per worker
+  std::map<const Export*, unsigned> on_home_;  // sessions on the export's home worker
+  unsigned next_ = 0;                          // round-robin among equally loaded
   boost::asio::steady_timer idle_;
 };
 

@@ -56,10 +56,10 @@ awaitable<void> Session::run() {
   auto self = shared_from_this();
   auto ex = co_await boost::asio::this_coro::executor;
   // Logged from the session's own thread; tests check the spread.
-  spdlog::debug("{}: serving export '{}' on worker {} (thread {}, {})", peer(), neg_.exp->name,
-                where_.worker, ::gettid(),
-                where_.owner ? "backend calls run on the export's home worker"
-                             : "the export's home worker");
+  spdlog::debug(
+      "{}: serving export '{}' on worker {} (thread {}, {})", peer(), neg_.exp->name, where_.worker,
+      ::gettid(),
+      where_.owner ? "backend calls run on the export's home worker" : "the export's home worker");
   for (;;) {
     std::array<std::byte, kRequestSize> raw;
     if (co_await conn_.read_exact(raw)) break;  // client gone or stop()
@@ -74,10 +74,9 @@ awaitable<void> Session::run() {
       break;
     }
     if (req->type == NBD_CMD_DISC) break;
-    const std::size_t budget =
-        (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_READ)
-            ? std::min<std::size_t>(req->length, kMaxPayload)
-            : 0;
+    const std::size_t budget = (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_READ)
+                                   ? std::min<std::size_t>(req->length, kMaxPayload)
+                                   : 0;
     co_await wait_until([&] {
       return broken_ || (inflight_ < limits_.max_requests &&
                          (inflight_bytes_ == 0 || inflight_bytes_ + budget <= limits_.max_bytes));
@@ -102,8 +101,8 @@ awaitable<void> Session::run() {
   spdlog::debug("{}: connection closed", peer());
 }
 
-awaitable<void> Session::handle(std::shared_ptr<Session>, Request req,
-                                Buffer payload, std::size_t budget) {
+awaitable<void> Session::handle(std::shared_ptr<Session>, Request req, Buffer payload,
+                                std::size_t budget) {
   Reply r;
   if (std::uint32_t err = validate_request(req, lim_)) {
     r = error_reply(req, err);

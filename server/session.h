@@ -31,8 +31,8 @@
 namespace qnbd::server {
 
 struct SessionLimits {
-  std::size_t max_requests = 128;        // in flight per connection
-  std::size_t max_bytes = 64u << 20;     // payload bytes in flight per connection
+  std::size_t max_requests = 128;     // in flight per connection
+  std::size_t max_bytes = 64u << 20;  // payload bytes in flight per connection
 };
 
 // Where a session runs relative to its export (threading model: workers.h).

@@ -42,23 +42,31 @@ awaitable<Session::Reply> Session::execute(const Request& req, Buffer& payload) 
   // Zero-length requests are unspecified; succeed without bothering backends.
   if (data_command && req.length == 0) co_return simple(req, 0);
   switch (req.type) {
-    case NBD_CMD_READ: co_return co_await cmd_read(req);
-    case NBD_CMD_BLOCK_STATUS: co_return co_await cmd_block_status(req);
+    case NBD_CMD_READ:
+      co_return co_await cmd_read(req);
+    case NBD_CMD_BLOCK_STATUS:
+      co_return co_await cmd_block_status(req);
     case NBD_CMD_WRITE: {
       std::span<const std::byte> data = payload.span();
       r = co_await on_home([&be, off = req.offset, data, fua] { return be.write(off, data, fua); });
       break;
     }
-    case NBD_CMD_FLUSH: r = co_await on_home([&be] { return be.flush(); }); break;
+    case NBD_CMD_FLUSH:
+      r = co_await on_home([&be] { return be.flush(); });
+      break;
     case NBD_CMD_TRIM:
       r = co_await on_home(
           [&be, off = req.offset, len = req.length, fua] { return be.trim(off, len, fua); });
       break;
-    case NBD_CMD_WRITE_ZEROES: r = co_await cmd_write_zeroes(req); break;
-    case NBD_CMD_CACHE:
-      r = co_await on_home([&be, off = req.offset, len = req.length] { return be.cache(off, len); });
+    case NBD_CMD_WRITE_ZEROES:
+      r = co_await cmd_write_zeroes(req);
       break;
-    default: co_return simple(req, NBD_EINVAL);
+    case NBD_CMD_CACHE:
+      r = co_await on_home(
+          [&be, off = req.offset, len = req.length] { return be.cache(off, len); });
+      break;
+    default:
+      co_return simple(req, NBD_EINVAL);
   }
   if (!r) {
     spdlog::debug("{}: {} at {} (+{}) failed: {}", peer(), command_name(req.type), req.offset,

@@ -39,8 +39,6 @@ unsigned Workers::index_of(const boost::asio::io_context& ctx) const {
   return size();
 }
 
-unsigned default_worker_count() {
-  return std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
-}
+unsigned default_worker_count() { return std::clamp(std::thread::hardware_concurrency(), 1u, 8u); }
 
 }  // namespace qnbd::server

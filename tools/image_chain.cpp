@@ -35,7 +35,8 @@ ImageChain::ImageChain(qcow2::SyncRunner& run, const std::string& path) : run_(r
     const auto& h = layers_.back().meta.header;
     const std::string& name = h.backing_file;
     if (name.rfind("json:", 0) == 0 || name.find("://") != std::string::npos)
-      throw Fatal(fmt::format("Could not open backing file '{}': only plain file names are followed", name));
+      throw Fatal(fmt::format(
+          "Could not open backing file '{}': only plain file names are followed", name));
     if (layers_.size() >= kMaxChain) throw Fatal("Backing chain too deep (loop?)");
     open_layer(resolve_backing(layers_.back().path, name), h.backing_format);
   }
@@ -132,8 +133,10 @@ BlockStatus ImageChain::qcow2_status(Layer& l, std::uint64_t offset, std::uint64
       s.offset_valid = true;
       s.offset = l2_host_offset(e) + (off & (g.cluster_size() - 1));
     }
-    if (t == SubclusterType::ZeroPlain || t == SubclusterType::ZeroAlloc) s.zero = true;
-    else if (t == SubclusterType::Normal || t == SubclusterType::Compressed) s.data = true;
+    if (t == SubclusterType::ZeroPlain || t == SubclusterType::ZeroAlloc)
+      s.zero = true;
+    else if (t == SubclusterType::Normal || t == SubclusterType::Compressed)
+      s.data = true;
     s.allocated = s.data || s.zero;
     return t;
   };

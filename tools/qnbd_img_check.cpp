@@ -20,13 +20,15 @@ void print_human(const CheckResult& r) {
     std::printf("No errors were found on the image.\n");
   } else {
     if (r.corruptions)
-      std::printf("\n%lld errors were found on the image.\n"
-                  "Data may be corrupted, or further writes to the image may corrupt it.\n",
-                  static_cast<long long>(r.corruptions));
+      std::printf(
+          "\n%lld errors were found on the image.\n"
+          "Data may be corrupted, or further writes to the image may corrupt it.\n",
+          static_cast<long long>(r.corruptions));
     if (r.leaks)
-      std::printf("\n%lld leaked clusters were found on the image.\n"
-                  "This means waste of disk space, but no harm to data.\n",
-                  static_cast<long long>(r.leaks));
+      std::printf(
+          "\n%lld leaked clusters were found on the image.\n"
+          "This means waste of disk space, but no harm to data.\n",
+          static_cast<long long>(r.leaks));
     if (r.check_errors)
       std::printf("\n%lld internal errors have occurred during the check.\n",
                   static_cast<long long>(r.check_errors));
@@ -93,9 +95,12 @@ int cmd_check(const Args& args) {
   const bool quiet = a.has("-q");
   Fix fix = Fix::none;
   if (const auto* r = a.last("-r")) {
-    if (*r == "leaks") fix = Fix::leaks;
-    else if (*r == "all") fix = Fix::all;
-    else throw Fatal(fmt::format("Unknown option value for -r (expecting 'leaks' or 'all'): {}", *r));
+    if (*r == "leaks")
+      fix = Fix::leaks;
+    else if (*r == "all")
+      fix = Fix::all;
+    else
+      throw Fatal(fmt::format("Unknown option value for -r (expecting 'leaks' or 'all'): {}", *r));
   }
   const std::string& path = a.positional[0];
   if (const auto* f = a.last("-f"); f && *f != "qcow2" && *f != "raw")
@@ -110,11 +115,11 @@ int cmd_check(const Args& args) {
   // Like qemu-img: a repair that stopped early is not double-checked.
   if (r.failure.empty() && (r.corruptions_fixed || r.leaks_fixed)) {
     if (!json && !quiet)
-      std::printf("The following inconsistencies were found and repaired:\n\n"
-                  "    %lld leaked clusters\n    %lld corruptions\n\n"
-                  "Double checking the fixed image now...\n",
-                  static_cast<long long>(r.leaks_fixed),
-                  static_cast<long long>(r.corruptions_fixed));
+      std::printf(
+          "The following inconsistencies were found and repaired:\n\n"
+          "    %lld leaked clusters\n    %lld corruptions\n\n"
+          "Double checking the fixed image now...\n",
+          static_cast<long long>(r.leaks_fixed), static_cast<long long>(r.corruptions_fixed));
     const CheckResult fixed = r;
     r = run_check(path, Fix::none, quiet);
     r.leaks_fixed = fixed.leaks_fixed;
@@ -129,8 +134,10 @@ int cmd_check(const Args& args) {
     return 1;
   }
   if (!quiet) {
-    if (json) print_json(r, path);
-    else print_human(r);
+    if (json)
+      print_json(r, path);
+    else
+      print_human(r);
   }
   if (r.check_errors) {
     std::fprintf(stderr, "qnbd-img: Check failed\n");

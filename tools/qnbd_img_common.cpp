@@ -17,8 +17,9 @@ namespace qnbd::img {
 
 std::uint64_t parse_size(const std::string& s) {
   const auto bad = [&] {
-    return Fatal("Invalid image size specified. You may use k, M, G, T, P or E suffixes for "
-                 "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+    return Fatal(
+        "Invalid image size specified. You may use k, M, G, T, P or E suffixes for "
+        "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
   };
   if (s.empty() || s[0] == '-' || s[0] == '+' || std::isspace(static_cast<unsigned char>(s[0])))
     throw bad();
@@ -157,7 +158,8 @@ ParsedArgs parse_args(const Args& args, const std::vector<std::string>& with_val
       out.options.emplace_back(name, "");
     } else if (known(with_value, name)) {
       if (!inline_value) {
-        if (i + 1 >= args.size()) throw Fatal(fmt::format("option '{}' requires an argument", name));
+        if (i + 1 >= args.size())
+          throw Fatal(fmt::format("option '{}' requires an argument", name));
         value = args[++i];
       }
       out.options.emplace_back(name, value);

@@ -87,8 +87,9 @@ std::string json_bitmaps(const std::vector<BitmapInfo>& bitmaps) {
     for (std::size_t j = 0; j < bitmaps[i].flags.size(); ++j)
       out += fmt::format("{}\n                        \"{}\"", j ? "," : "", bitmaps[i].flags[j]);
     out += bitmaps[i].flags.empty() ? "],\n" : "\n                    ],\n";
-    out += fmt::format("                    \"name\": {},\n                    \"granularity\": {}\n",
-                       json_string(bitmaps[i].name), bitmaps[i].granularity);
+    out +=
+        fmt::format("                    \"name\": {},\n                    \"granularity\": {}\n",
+                    json_string(bitmaps[i].name), bitmaps[i].granularity);
     out += i + 1 < bitmaps.size() ? "                },\n" : "                }\n";
   }
   return out + "            ],\n";
@@ -97,7 +98,7 @@ std::string json_bitmaps(const std::vector<BitmapInfo>& bitmaps) {
 std::string snapshot_line(const Snapshot& s) {
   char date[32] = "";
   const std::time_t t = s.date_sec;
-  std::tm tm {};
+  std::tm tm{};
   localtime_r(&t, &tm);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
   const std::uint64_t secs = s.vm_clock_nsec / 1000000000;
@@ -124,7 +125,8 @@ void print_human_qcow2(const std::string& path, const ImageMeta& m,
       std::printf("backing file: %s\n", h.backing_file.c_str());
     else
       std::printf("backing file: %s (actual path: %s)\n", h.backing_file.c_str(), full.c_str());
-    if (!h.backing_format.empty()) std::printf("backing file format: %s\n", h.backing_format.c_str());
+    if (!h.backing_format.empty())
+      std::printf("backing file format: %s\n", h.backing_format.c_str());
   }
   if (!m.snapshots.empty()) {
     std::printf("Snapshot list:\n%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
@@ -136,8 +138,9 @@ void print_human_qcow2(const std::string& path, const ImageMeta& m,
   std::printf("    compat: %s\n", v3 ? "1.1" : "0.10");
   std::printf("    compression type: %s\n", h.compression_type ? "zstd" : "zlib");
   if (v3)
-    std::printf("    lazy refcounts: %s\n",
-                h.compatible_features & qcow2::format::QCOW2_COMPAT_LAZY_REFCOUNTS ? "true" : "false");
+    std::printf(
+        "    lazy refcounts: %s\n",
+        h.compatible_features & qcow2::format::QCOW2_COMPAT_LAZY_REFCOUNTS ? "true" : "false");
   print_human_bitmaps(bitmaps);
   std::printf("    refcount bits: %u\n", 1u << h.refcount_order);
   if (v3) {
@@ -173,20 +176,25 @@ void print_json_qcow2(const std::string& path, const ImageMeta& m,
   if (!h.backing_format.empty())
     out += fmt::format("    \"backing-filename-format\": {},\n", json_string(h.backing_format));
   if (!m.snapshots.empty()) out += json_snapshots(m);
-  out += fmt::format("    \"virtual-size\": {},\n    \"filename\": {},\n", h.size, json_string(path));
+  out +=
+      fmt::format("    \"virtual-size\": {},\n    \"filename\": {},\n", h.size, json_string(path));
   out += fmt::format("    \"cluster-size\": {},\n    \"format\": \"qcow2\",\n", h.cluster_size());
   out += fmt::format("    \"actual-size\": {},\n", disk_usage(path));
   out += "    \"format-specific\": {\n        \"type\": \"qcow2\",\n        \"data\": {\n";
   out += fmt::format("            \"compat\": \"{}\",\n", v3 ? "1.1" : "0.10");
-  out += fmt::format("            \"compression-type\": \"{}\",\n", h.compression_type ? "zstd" : "zlib");
+  out += fmt::format("            \"compression-type\": \"{}\",\n",
+                     h.compression_type ? "zstd" : "zlib");
   if (v3)
-    out += fmt::format("            \"lazy-refcounts\": {},\n",
-                       h.compatible_features & qcow2::format::QCOW2_COMPAT_LAZY_REFCOUNTS ? "true" : "false");
+    out += fmt::format(
+        "            \"lazy-refcounts\": {},\n",
+        h.compatible_features & qcow2::format::QCOW2_COMPAT_LAZY_REFCOUNTS ? "true" : "false");
   out += json_bitmaps(bitmaps);
-  out += fmt::format("            \"refcount-bits\": {}{}\n", 1u << h.refcount_order, v3 ? "," : "");
+  out +=
+      fmt::format("            \"refcount-bits\": {}{}\n", 1u << h.refcount_order, v3 ? "," : "");
   if (v3) {
-    out += fmt::format("            \"corrupt\": {},\n",
-                       h.incompatible_features & qcow2::format::QCOW2_INCOMPAT_CORRUPT ? "true" : "false");
+    out += fmt::format(
+        "            \"corrupt\": {},\n",
+        h.incompatible_features & qcow2::format::QCOW2_INCOMPAT_CORRUPT ? "true" : "false");
     out += fmt::format("            \"extended-l2\": {}\n", h.extended_l2() ? "true" : "false");
   }
   out += "        }\n    },\n";
@@ -195,17 +203,19 @@ void print_json_qcow2(const std::string& path, const ImageMeta& m,
                        json_string(resolve_backing(path, h.backing_file)));
     out += fmt::format("    \"backing-filename\": {},\n", json_string(h.backing_file));
   }
-  out += fmt::format("    \"dirty-flag\": {}\n}}\n",
-                     h.incompatible_features & qcow2::format::QCOW2_INCOMPAT_DIRTY ? "true" : "false");
+  out +=
+      fmt::format("    \"dirty-flag\": {}\n}}\n",
+                  h.incompatible_features & qcow2::format::QCOW2_INCOMPAT_DIRTY ? "true" : "false");
   std::fputs(out.c_str(), stdout);
 }
 
 void print_raw(const std::string& path, std::uint64_t size, bool json) {
   if (json) {
-    std::printf("{\n    \"virtual-size\": %llu,\n    \"filename\": %s,\n    \"format\": \"raw\",\n"
-                "    \"actual-size\": %llu,\n    \"dirty-flag\": false\n}\n",
-                static_cast<unsigned long long>(size), json_string(path).c_str(),
-                static_cast<unsigned long long>(disk_usage(path)));
+    std::printf(
+        "{\n    \"virtual-size\": %llu,\n    \"filename\": %s,\n    \"format\": \"raw\",\n"
+        "    \"actual-size\": %llu,\n    \"dirty-flag\": false\n}\n",
+        static_cast<unsigned long long>(size), json_string(path).c_str(),
+        static_cast<unsigned long long>(disk_usage(path)));
     return;
   }
   std::printf("image: %s\nfile format: raw\nvirtual size: %s (%llu bytes)\ndisk size: %s\n",
@@ -239,8 +249,10 @@ int cmd_info(const Args& args) {
     throw Fatal(fmt::format("Could not open '{}': {}", path, e.what()));
   }
   const auto bitmaps = read_bitmaps(run, *file, meta);
-  if (json) print_json_qcow2(path, meta, bitmaps);
-  else print_human_qcow2(path, meta, bitmaps);
+  if (json)
+    print_json_qcow2(path, meta, bitmaps);
+  else
+    print_human_qcow2(path, meta, bitmaps);
   return 0;
 }
 

@@ -88,8 +88,10 @@ int cmd_map(const Args& args) {
   const bool json = json_output(a);
   qcow2::SyncRunner run;
   ImageChain chain(run, a.positional[0]);
-  if (json) std::fputs("[", stdout);
-  else std::printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
+  if (json)
+    std::fputs("[", stdout);
+  else
+    std::printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
   MapEntry cur;
   const std::uint64_t size = chain.size();
   while (cur.start + cur.length < size) {
@@ -99,8 +101,10 @@ int cmd_map(const Args& args) {
       continue;
     }
     if (cur.length) {
-      if (json) dump_json(cur, false);
-      else dump_human(cur, &next);
+      if (json)
+        dump_json(cur, false);
+      else
+        dump_human(cur, &next);
     }
     cur = next;
   }

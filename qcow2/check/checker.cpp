@@ -36,8 +36,8 @@ task<> Checker::run() {
     if (auto r = co_await rebuild_refcount_structure(); !r) {
       ++res_.check_errors;
       if (res_.failure.empty())
-        res_.failure = fmt::format("rebuilding the refcount structure failed: {}",
-                                   r.error().message());
+        res_.failure =
+            fmt::format("rebuilding the refcount structure failed: {}", r.error().message());
       co_return r.error();
     }
     res_.corruptions = 0;
@@ -57,8 +57,8 @@ task<> Checker::run() {
     // a consistent structure is reported as a failed check.
     const CheckResult saved = res_;
     res_ = CheckResult{};
-    QNBD_CO_TRY(co_await compare_refcounts(fixes(fix, Fix::leaks) ? Fix::leaks : Fix::none,
-                                           rebuild, highest));
+    QNBD_CO_TRY(co_await compare_refcounts(fixes(fix, Fix::leaks) ? Fix::leaks : Fix::none, rebuild,
+                                           highest));
     const CheckResult after = res_;
     res_ = saved;
     fresh_leaks = after.leaks;
@@ -152,9 +152,9 @@ task<CheckResult> repair_dirty_image(io::File& file) {
   spdlog::info("qcow2 repair: {} corruptions and {} leaks fixed", r.corruptions_fixed,
                r.leaks_fixed);
   if (r.check_errors || r.corruptions) {
-    spdlog::error("qcow2 repair failed: {}",
-                  r.failure.empty() ? fmt::format("{} corruptions left", r.corruptions)
-                                    : r.failure);
+    spdlog::error("qcow2 repair failed: {}", r.failure.empty()
+                                                 ? fmt::format("{} corruptions left", r.corruptions)
+                                                 : r.failure);
     co_return make_error_code(errc::corrupt_image);
   }
   co_return r;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "qcow2/check/check.h"
+#include "common/co_try.h"
 #include "qcow2/check/disk_refcounts.h"
 #include "qcow2/check/image_meta.h"
 #include "qcow2/check/refcount_array.h"
@@ -17,13 +18,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-// Propagates the error of a result-returning expression out of a task.
-#define QNBD_CO_TRY(expr)                        \
-  do {                                           \
-    if (auto qnbd_r_ = (expr); !qnbd_r_)         \
-      co_return qnbd_r_.error();                 \
-  } while (0)
 
 namespace qnbd::qcow2::check {
 

@@ -66,7 +66,10 @@ task<> Checker::compare_refcounts(Fix fix, bool& rebuild, std::uint64_t& highest
     else if (on_disk < expected && fixes(fix, Fix::errors))
       num_fixed = &res_.corruptions_fixed;
     say("{} cluster {} refcount={} reference={}",
-        num_fixed ? "Repairing" : on_disk < expected ? "ERROR" : "Leaked", i, on_disk, expected);
+        num_fixed            ? "Repairing"
+        : on_disk < expected ? "ERROR"
+                             : "Leaked",
+        i, on_disk, expected);
     if (num_fixed) {
       if (co_await disk_.set(i, expected)) {
         ++*num_fixed;

@@ -57,7 +57,8 @@ task<> DiskRefcounts::set(std::uint64_t cluster, std::uint64_t value) {
   const std::uint64_t byte = order < 3 ? i >> (3 - order) : i << (order - 3);
   const std::uint64_t len = order < 3 ? 1 : 1ull << (order - 3);
   const std::uint64_t offset = format::reftable_block_offset(meta_.reftable[index]);
-  co_return co_await file_.write_at(offset + byte, std::span<const std::byte>(block.data() + byte, len));
+  co_return co_await file_.write_at(offset + byte,
+                                    std::span<const std::byte>(block.data() + byte, len));
 }
 
 }  // namespace qnbd::qcow2::check

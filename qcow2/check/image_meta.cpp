@@ -38,7 +38,8 @@ boost::asio::awaitable<void> load_snapshots(io::File& file, ImageMeta& m, bool f
   const std::uint64_t max_entry = 40 + format::QCOW_MAX_SNAPSHOT_EXTRA_DATA + 2 * 65535 + 7;
   std::uint64_t len = std::min<std::uint64_t>(std::uint64_t{h.nb_snapshots} * max_entry,
                                               format::QCOW_MAX_SNAPSHOTS_SIZE);
-  if (h.snapshots_offset >= m.file_size) throw format::FormatError("snapshot table lies beyond the end of the file");
+  if (h.snapshots_offset >= m.file_size)
+    throw format::FormatError("snapshot table lies beyond the end of the file");
   len = std::min(len, m.file_size - h.snapshots_offset);
   std::vector<std::byte> raw(len);
   if (auto r = co_await file.read_at(h.snapshots_offset, raw); !r)
@@ -60,8 +61,9 @@ boost::asio::awaitable<ImageMeta> load_image_meta(io::File& file, bool for_check
     throw format::FormatError("file too short for a qcow2 header");
   std::vector<std::byte> cluster0(format::probe_cluster_size(probe));
   if (auto r = co_await file.read_at(0, cluster0); !r) throw io_failure("header", r.error());
-  const bool no_reftable = for_check && cluster0.size() >= 60 &&
-                          format::load_be32(cluster0.data() + format::HDR_REFCOUNT_TABLE_CLUSTERS) == 0;
+  const bool no_reftable =
+      for_check && cluster0.size() >= 60 &&
+      format::load_be32(cluster0.data() + format::HDR_REFCOUNT_TABLE_CLUSTERS) == 0;
   if (no_reftable)  // let the codec validate everything else
     format::store_be32(cluster0.data() + format::HDR_REFCOUNT_TABLE_CLUSTERS, 1);
   m.header = format::parse_header(cluster0);
@@ -70,8 +72,9 @@ boost::asio::awaitable<ImageMeta> load_image_meta(io::File& file, bool for_check
   const auto& h = m.header;
   if (h.data_file) throw format::FormatError("images with an external data file are not supported");
   m.l1 = co_await read_u64_table(file, h.l1_table_offset, h.l1_size);
-  m.reftable = co_await read_u64_table(
-      file, h.refcount_table_offset, std::uint64_t{h.refcount_table_clusters} * m.cluster_size() / 8);
+  m.reftable =
+      co_await read_u64_table(file, h.refcount_table_offset,
+                              std::uint64_t{h.refcount_table_clusters} * m.cluster_size() / 8);
   co_await load_snapshots(file, m, for_check);
   co_return m;
 }

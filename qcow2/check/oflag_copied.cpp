@@ -64,13 +64,15 @@ task<> Checker::check_oflag_copied(Fix fix) {
       if (t != ClusterType::Normal && t != ClusterType::ZeroAlloc) continue;
       const std::uint64_t host_cluster = l2_host_offset(e) >> geo().cluster_bits();
       result<std::uint64_t> drc = std::uint64_t{0};
-      if (auto c = disk_.cached(host_cluster)) drc = *c;
-      else drc = co_await disk_.get(host_cluster);
+      if (auto c = disk_.cached(host_cluster))
+        drc = *c;
+      else
+        drc = co_await disk_.get(host_cluster);
       if (!drc) continue;
       if ((*drc == 1) == l2_copied(e)) continue;
       ++res_.corruptions;
-      say("{} OFLAG_COPIED data cluster: l2_entry={:x} refcount={}",
-          repair ? "Repairing" : "ERROR", e.entry, *drc);
+      say("{} OFLAG_COPIED data cluster: l2_entry={:x} refcount={}", repair ? "Repairing" : "ERROR",
+          e.entry, *drc);
       if (repair) {
         L2Entry f = e;
         f.entry = *drc == 1 ? e.entry | QCOW_OFLAG_COPIED : e.entry & ~QCOW_OFLAG_COPIED;
@@ -80,8 +82,8 @@ task<> Checker::check_oflag_copied(Fix fix) {
     }
     if (dirty == 0) continue;
     if (const char* section = overlaps_metadata(l2_offset, cs())) {
-      QNBD_CO_TRY(co_await signal_corruption(fmt::format(
-          "Preventing invalid write on metadata (overlaps with {})", section)));
+      QNBD_CO_TRY(co_await signal_corruption(
+          fmt::format("Preventing invalid write on metadata (overlaps with {})", section)));
       say("ERROR: Could not write L2 table; metadata overlap check failed: {}",
           "Input/output error");
       ++res_.check_errors;

@@ -19,8 +19,9 @@ result<> Checker::reserve_past_eof() {
   if (past_eof_overflow_) {
     say("ERROR too many references beyond the end of the file to rebuild the refcount "
         "structure safely");
-    res_.failure = "cannot rebuild the refcount structure: too many references beyond the end "
-                   "of the file";
+    res_.failure =
+        "cannot rebuild the refcount structure: too many references beyond the end "
+        "of the file";
     return errno_error(EFBIG);
   }
   // Count what lies where the rebuild may allocate: the free clusters
@@ -54,8 +55,9 @@ result<> Checker::refuse_far_overlap(std::uint64_t offset, std::uint64_t size) {
   say("ERROR rebuilding the refcount structure would overwrite cluster {} referenced beyond "
       "the end of the file",
       std::max(lo, it->first));
-  res_.failure = "cannot rebuild the refcount structure without overwriting metadata beyond "
-                 "the end of the file";
+  res_.failure =
+      "cannot rebuild the refcount structure without overwriting metadata beyond "
+      "the end of the file";
   return errno_error(EIO);
 }
 
@@ -113,10 +115,10 @@ task<> Checker::rebuild_refcount_structure() {
     QNBD_CO_TRY(co_await write_refblocks(c, c + reftable_clusters, reftable, grown));
   } while (grown);
 
-  if (reftable_clusters > format::QCOW_MAX_REFTABLE_SIZE / cs() + 1)
-    co_return errno_error(EFBIG);
+  if (reftable_clusters > format::QCOW_MAX_REFTABLE_SIZE / cs() + 1) co_return errno_error(EFBIG);
   std::vector<std::byte> raw(reftable_clusters * cs());
-  for (std::uint64_t i = 0; i < reftable.size(); ++i) format::store_be64(raw.data() + i * 8, reftable[i]);
+  for (std::uint64_t i = 0; i < reftable.size(); ++i)
+    format::store_be64(raw.data() + i * 8, reftable[i]);
   QNBD_CO_TRY(refuse_far_overlap(reftable_offset, raw.size()));
   QNBD_CO_TRY(co_await file_.write_at(reftable_offset, raw));
   // The new structure is durable before the header points at it.

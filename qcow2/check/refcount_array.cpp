@@ -53,7 +53,8 @@ void RefcountArray::encode_block(std::uint64_t index, std::span<std::byte> block
   const std::uint64_t n = geo_.refblock_entries();
   const std::uint64_t first = index * n;
   for (std::uint64_t i = 0; i < n && first + i < counts_.size(); ++i)
-    if (counts_[first + i]) format::set_refcount(block.data(), geo_.refcount_order(), i, counts_[first + i]);
+    if (counts_[first + i])
+      format::set_refcount(block.data(), geo_.refcount_order(), i, counts_[first + i]);
 }
 
 }  // namespace qnbd::qcow2::check

@@ -27,8 +27,10 @@ class SyncRunner {
     std::exception_ptr error;
     bool done = false;
     boost::asio::co_spawn(ctx_, std::move(aw), [&](std::exception_ptr e, T v) {
-      if (e) error = e;
-      else out.emplace(std::move(v));
+      if (e)
+        error = e;
+      else
+        out.emplace(std::move(v));
       done = true;
       ctx_.stop();  // the ring's eventfd watch would keep run() going forever
     });

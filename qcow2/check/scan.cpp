@@ -37,9 +37,8 @@ void Checker::inc_refcounts(std::uint64_t offset, std::uint64_t size) {
         offset, size);
     ++res_.corruptions;
     const std::uint64_t lo = offset >> geo().cluster_bits();
-    const std::uint64_t hi =
-        offset + size < offset ? ~0ull >> geo().cluster_bits()
-                               : (offset + size - 1) >> geo().cluster_bits();
+    const std::uint64_t hi = offset + size < offset ? ~0ull >> geo().cluster_bits()
+                                                    : (offset + size - 1) >> geo().cluster_bits();
     if (!past_eof_.empty() && past_eof_.back().first <= lo && lo <= past_eof_.back().second + 1)
       past_eof_.back().second = std::max(past_eof_.back().second, hi);
     else if (past_eof_.size() < kMaxPastEof)
@@ -247,7 +246,8 @@ bool Checker::check_l2_entry(const std::vector<std::byte>& table, std::uint64_t 
       inc_refcounts(offset, cs());
       return false;
     }
-    case ClusterType::ZeroPlain: return false;
+    case ClusterType::ZeroPlain:
+      return false;
     case ClusterType::Unallocated:
       if (e.bitmap & QCOW_L2_BITMAP_ALL_ALLOC) {
         ++res_.corruptions;

@@ -3,6 +3,7 @@
 // costs a few MiB of writes and bounded memory; the data area is never
 // written for metadata preallocation (the file is grown with truncate).
 #include "qcow2/create/create.h"
+#include "common/co_try.h"
 
 #include "qcow2/format/endian.h"
 #include "qcow2/format/entries.h"
@@ -10,12 +11,6 @@
 #include <algorithm>
 #include <functional>
 #include <vector>
-
-#define QNBD_CO_TRY(expr)                \
-  do {                                   \
-    if (auto qnbd_r_ = (expr); !qnbd_r_) \
-      co_return qnbd_r_.error();         \
-  } while (0)
 
 namespace qnbd::qcow2::create {
 
@@ -50,7 +45,8 @@ task<> write_metadata(io::File& file, const Layout& L) {
         const std::uint64_t per = cs / 8;
         for (std::uint64_t i = 0; i < buf.size() / 8; ++i) {
           const std::uint64_t block = c * per + i;
-          if (block < L.refblock_count) store_be64(buf.data() + i * 8, L.refblocks_offset + block * cs);
+          if (block < L.refblock_count)
+            store_be64(buf.data() + i * 8, L.refblocks_offset + block * cs);
         }
       }));
   QNBD_CO_TRY(co_await write_generated(
@@ -86,8 +82,8 @@ task<> fill_data(io::File& file, const Layout& L, Prealloc mode) {
   const std::vector<std::byte> zeros(kChunk);
   for (std::uint64_t done = 0; done < bytes; done += kChunk) {
     const std::uint64_t n = std::min<std::uint64_t>(kChunk, bytes - done);
-    QNBD_CO_TRY(co_await file.write_at(L.data_offset + done,
-                                       std::span<const std::byte>(zeros.data(), n)));
+    QNBD_CO_TRY(
+        co_await file.write_at(L.data_offset + done, std::span<const std::byte>(zeros.data(), n)));
   }
   co_return result<>{};
 }

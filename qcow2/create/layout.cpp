@@ -55,30 +55,36 @@ void validate(const CreateOptions& o) {
   if (!std::has_single_bit(o.refcount_bits) || o.refcount_bits > 64)
     fail("Refcount width must be a power of two and may not exceed 64 bits");
   if (o.version < 3 && o.refcount_bits != 16)
-    fail("Different refcount widths than 16 bits require compatibility level 1.1 or above "
-         "(use compat=1.1 or greater)");
+    fail(
+        "Different refcount widths than 16 bits require compatibility level 1.1 or above "
+        "(use compat=1.1 or greater)");
   if (o.version < 3 && o.lazy_refcounts)
-    fail("Lazy refcounts only supported with compatibility level 1.1 and above (use "
-         "compat=1.1 or greater)");
+    fail(
+        "Lazy refcounts only supported with compatibility level 1.1 and above (use "
+        "compat=1.1 or greater)");
   if (o.version < 3 && o.extended_l2)
-    fail("Extended L2 entries are only supported with compatibility level 1.1 and above "
-         "(use compat=1.1 or greater)");
+    fail(
+        "Extended L2 entries are only supported with compatibility level 1.1 and above "
+        "(use compat=1.1 or greater)");
   if (o.version < 3 && o.compression_type != QCOW2_COMPRESSION_TYPE_ZLIB)
-    fail("Non-zlib compression type is only supported with compatibility level 1.1 and above "
-         "(use compat=1.1 or greater)");
+    fail(
+        "Non-zlib compression type is only supported with compatibility level 1.1 and above "
+        "(use compat=1.1 or greater)");
   if (o.extended_l2 && o.cluster_size < 16384)
     fail("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
   // With extended L2 a preallocated cluster whose subclusters are all
   // unallocated still reads from the backing file; without, it would not.
   if (!o.backing_file.empty() && o.prealloc != Prealloc::off && !o.extended_l2)
-    fail("Backing file and preallocation can only be used at the same time if "
-         "extended_l2 is on");
+    fail(
+        "Backing file and preallocation can only be used at the same time if "
+        "extended_l2 is on");
   if (o.backing_file.size() > MAX_BACKING_FILE_NAME) fail("Backing file name too long");
   if (o.backing_format.size() > MAX_BACKING_FORMAT_NAME) fail("Backing format name too long");
   const Geometry g(static_cast<unsigned>(std::countr_zero(o.cluster_size)), o.extended_l2, 4);
   if (o.size > (1ull << 62) || g.l1_entries_for(o.size) > QCOW_MAX_L1_SIZE / 8)
-    fail(fmt::format("The image size is too large for file format 'qcow2' (try using a larger "
-                     "cluster size)"));
+    fail(
+        fmt::format("The image size is too large for file format 'qcow2' (try using a larger "
+                    "cluster size)"));
 }
 
 Layout plan_layout(const CreateOptions& o) {

@@ -26,8 +26,12 @@ task<std::vector<Extent>> Image::block_status(std::uint64_t offset, std::uint64_
   for (const MapRun& r : *runs) {
     switch (r.kind) {
       case MapKind::Data:
-      case MapKind::Compressed: append(out, {r.length, false, false}); break;
-      case MapKind::Zero: append(out, {r.length, true, true}); break;
+      case MapKind::Compressed:
+        append(out, {r.length, false, false});
+        break;
+      case MapKind::Zero:
+        append(out, {r.length, true, true});
+        break;
       case MapKind::Backing: {
         std::uint64_t pos = r.guest;
         const std::uint64_t end = r.guest + r.length;

@@ -86,8 +86,10 @@ inline task<> run_parallel(std::vector<task<>> tasks) {
   for (auto& t : tasks) {
     boost::asio::co_spawn(ex, std::move(t), [st](std::exception_ptr e, result<> r) {
       if (!st->error) {
-        if (e) st->error = errno_error(EIO);
-        else if (!r) st->error = r.error();
+        if (e)
+          st->error = errno_error(EIO);
+        else if (!r)
+          st->error = r.error();
       }
       if (--st->left == 0) st->done.notify_all();
     });

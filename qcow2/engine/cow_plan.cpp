@@ -73,8 +73,7 @@ bool CowPlan::add_cluster(const L2Entry& e) {
     if (!p.keep && old_host) {
       // Moving a shared cluster: everything allocated in it comes along.
       p.free_old_cluster = true;
-      const std::uint32_t alloc =
-          g_.extended_l2() ? static_cast<std::uint32_t>(e.bitmap) : 1u;
+      const std::uint32_t alloc = g_.extended_l2() ? static_cast<std::uint32_t>(e.bitmap) : 1u;
       if (cluster_type(g_, e) == ClusterType::Normal && alloc) {
         const unsigned lo = static_cast<unsigned>(__builtin_ctz(alloc));
         const unsigned hi = 31u - static_cast<unsigned>(__builtin_clz(alloc));
@@ -152,7 +151,8 @@ std::vector<task<>> CowPlan::writes(io::File& file, std::span<const std::byte> d
   const std::uint64_t hs = hull_start();
   auto add_part = [&](std::vector<iovec>& v, std::uint64_t from, std::uint64_t to) {
     // [from, to) in guest space, cut along head | data | tail.
-    auto piece = [&](std::uint64_t a, std::uint64_t b, const std::byte* base, std::uint64_t origin) {
+    auto piece = [&](std::uint64_t a, std::uint64_t b, const std::byte* base,
+                     std::uint64_t origin) {
       const std::uint64_t s = std::max(a, from), e = std::min(b, to);
       if (s < e) v.push_back({const_cast<std::byte*>(base + (s - origin)), e - s});
     };

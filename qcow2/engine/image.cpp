@@ -70,8 +70,8 @@ task<> Image::mark_modified() {
     // makes the current file size durable (blank clusters rely on it).
     if (auto s = file_->size(); s) file_size_ = std::max(file_size_, *s);
     if (!(header_.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-      if (auto r = co_await write_incompatible(header_.incompatible_features |
-                                               QCOW2_INCOMPAT_DIRTY);
+      if (auto r =
+              co_await write_incompatible(header_.incompatible_features | QCOW2_INCOMPAT_DIRTY);
           !r)
         co_return r;
       spdlog::info("{}: dirty-bit mode (lazy refcounts)", name_);
@@ -233,8 +233,8 @@ result<> Image::trim_file_tail() {
 task<> Image::flush_metadata() {
   if (corrupt_ && !corrupt_on_disk_ && header_.version >= 3) {
     // As QEMU: the image stays marked until `qemu-img check -r all`.
-    if (auto r = co_await write_incompatible(header_.incompatible_features |
-                                             QCOW2_INCOMPAT_CORRUPT);
+    if (auto r =
+            co_await write_incompatible(header_.incompatible_features | QCOW2_INCOMPAT_CORRUPT);
         !r)
       co_return r;
     corrupt_on_disk_ = true;
@@ -270,7 +270,8 @@ task<> Image::flush_metadata() {
       std::uint64_t last = first;
       while (++it != l1_dirty_.end() && *it == last + 1) last = *it;
       std::vector<std::byte> buf((last - first + 1) * 8);
-      for (std::uint64_t i = first; i <= last; ++i) store_be64(buf.data() + (i - first) * 8, l1_[i]);
+      for (std::uint64_t i = first; i <= last; ++i)
+        store_be64(buf.data() + (i - first) * 8, l1_[i]);
       if (auto r = co_await file_->write_at(header_.l1_table_offset + first * 8, buf); !r)
         co_return r;
     }
@@ -301,8 +302,7 @@ task<> Image::close() {
   if (auto r = trim_file_tail(); !r)
     spdlog::warn("{}: cannot trim the space grown ahead: {}", name_, r.error().message());
   if (lazy_ && (header_.incompatible_features & QCOW2_INCOMPAT_DIRTY) && !corrupt_)
-    if (auto r = co_await write_incompatible(header_.incompatible_features &
-                                             ~QCOW2_INCOMPAT_DIRTY);
+    if (auto r = co_await write_incompatible(header_.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);
         !r)
       co_return r;
   co_return result<>{};

@@ -55,8 +55,8 @@ struct MapRun {
   std::uint64_t guest;
   std::uint64_t length;
   MapKind kind;
-  std::uint64_t host = 0;      // Data: host offset of `guest`
-  format::L2Entry entry{};     // Compressed: the L2 entry
+  std::uint64_t host = 0;   // Data: host offset of `guest`
+  format::L2Entry entry{};  // Compressed: the L2 entry
 };
 
 struct ImageConfig {

@@ -76,8 +76,10 @@ void apply_feature_policy(const LoadOptions& o, const Header& h, bool& read_only
   }
   if ((h.incompatible_features & QCOW2_INCOMPAT_DIRTY) && !read_only) {
     // Refcounts may be stale (lazy refcounts after a crash) until repaired.
-    spdlog::warn("{}: image is dirty (refcounts need repair: qemu-img check -r all); "
-                 "serving it read-only", o.name);
+    spdlog::warn(
+        "{}: image is dirty (refcounts need repair: qemu-img check -r all); "
+        "serving it read-only",
+        o.name);
     read_only = true;
   }
 }
@@ -97,8 +99,8 @@ boost::asio::awaitable<std::unique_ptr<Image>> load_image(std::unique_ptr<io::Fi
   const std::uint64_t file_size = *fsize;
   Header h;
   try {
-    auto probe = co_await read_exact(*file, o, 0, std::min<std::uint64_t>(file_size, kHeaderProbeSize),
-                                     "header");
+    auto probe = co_await read_exact(
+        *file, o, 0, std::min<std::uint64_t>(file_size, kHeaderProbeSize), "header");
     const std::uint64_t cs = probe_cluster_size(probe);
     auto c0 = co_await read_exact(*file, o, 0, std::min(file_size, cs), "header");
     h = parse_header(c0);
@@ -109,7 +111,8 @@ boost::asio::awaitable<std::unique_ptr<Image>> load_image(std::unique_ptr<io::Fi
   bool read_only = o.read_only || file->read_only();
   apply_feature_policy(o, h, read_only);
   auto other_metadata = co_await check_snapshots(*file, o, h, file_size);
-  if (h.bitmaps) other_metadata.emplace_back(h.bitmaps->directory_offset, h.bitmaps->directory_size);
+  if (h.bitmaps)
+    other_metadata.emplace_back(h.bitmaps->directory_offset, h.bitmaps->directory_size);
   auto l1 = co_await read_table(*file, o, h.l1_table_offset, h.l1_size, "L1 table");
   auto reftable = co_await read_table(
       *file, o, h.refcount_table_offset,
@@ -131,9 +134,9 @@ boost::asio::awaitable<std::unique_ptr<Image>> load_image(std::unique_ptr<io::Fi
   cfg.l2_cache_tables = cache_tables(
       o.l2_cache_size, std::clamp<std::uint64_t>(cover, 16, (32ull << 20) / g.cluster_size()),
       g.cluster_size());
-  cfg.refcount_cache_tables = cache_tables(
-      o.refcount_cache_size, std::max<std::uint64_t>(16, (1ull << 20) / g.cluster_size()),
-      g.cluster_size());
+  cfg.refcount_cache_tables =
+      cache_tables(o.refcount_cache_size,
+                   std::max<std::uint64_t>(16, (1ull << 20) / g.cluster_size()), g.cluster_size());
   co_return std::make_unique<Image>(std::move(file), std::move(h), std::move(l1),
                                     std::move(reftable), std::move(back), std::move(cfg));
 }

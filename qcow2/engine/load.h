@@ -31,7 +31,7 @@ struct LoadOptions {
   std::uint64_t l2_cache_size = 0;  // bytes, 0 = cover the disk up to 32 MiB
   std::uint64_t refcount_cache_size = 0;
   double writeback_interval = 5.0;  // seconds of idle before dirty metadata is written
-  bool lazy_refcounts = false;       // dirty-bit mode even if the image does not ask for it
+  bool lazy_refcounts = false;      // dirty-bit mode even if the image does not ask for it
 };
 
 // Throws std::runtime_error("<name>: <reason>") on any problem.

@@ -34,14 +34,17 @@ result<MapKind> Image::classify(const L2Entry& e, unsigned sc, std::uint64_t& ho
     case SubclusterType::UnallocatedAlloc:
       return backing_ ? MapKind::Backing : MapKind::Zero;
     case SubclusterType::ZeroPlain:
-    case SubclusterType::ZeroAlloc: return MapKind::Zero;
-    case SubclusterType::Compressed: return MapKind::Compressed;
+    case SubclusterType::ZeroAlloc:
+      return MapKind::Zero;
+    case SubclusterType::Compressed:
+      return MapKind::Compressed;
     case SubclusterType::Normal:
       host = l2_host_offset(e);
       if (!g_.cluster_aligned(host) || l2_reserved_bits_set(g_, e))
         return make_error_code(errc::corrupt_image);
       return MapKind::Data;
-    case SubclusterType::Invalid: break;
+    case SubclusterType::Invalid:
+      break;
   }
   return make_error_code(errc::corrupt_image);
 }

@@ -24,10 +24,18 @@ task<> Image::read_runs(const std::vector<MapRun>& runs, std::uint64_t base,
   for (const MapRun& r : runs) {
     auto part = buf.subspan(r.guest - base, r.length);
     switch (r.kind) {
-      case MapKind::Zero: std::memset(part.data(), 0, part.size()); break;
-      case MapKind::Data: io.push_back(file_->read_at(r.host, part)); break;
-      case MapKind::Backing: io.push_back(read_backing(r.guest, part)); break;
-      case MapKind::Compressed: io.push_back(read_compressed(r.entry, r.guest, part)); break;
+      case MapKind::Zero:
+        std::memset(part.data(), 0, part.size());
+        break;
+      case MapKind::Data:
+        io.push_back(file_->read_at(r.host, part));
+        break;
+      case MapKind::Backing:
+        io.push_back(read_backing(r.guest, part));
+        break;
+      case MapKind::Compressed:
+        io.push_back(read_compressed(r.entry, r.guest, part));
+        break;
     }
   }
   co_return co_await run_parallel(std::move(io));

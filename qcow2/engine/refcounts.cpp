@@ -34,8 +34,7 @@ std::uint64_t Refcounts::max_clusters() const {
   return (QCOW_MAX_CLUSTER_OFFSET + 1) >> g_.cluster_bits();
 }
 
-task<std::shared_ptr<Table>> Refcounts::block_for(std::uint64_t cluster, bool create,
-                                                  Avoid avoid) {
+task<std::shared_ptr<Table>> Refcounts::block_for(std::uint64_t cluster, bool create, Avoid avoid) {
   const std::uint64_t ri = g_.reftable_index(cluster);
   if (create) {
     if (auto r = co_await ensure_block(ri, avoid); !r) co_return r.error();

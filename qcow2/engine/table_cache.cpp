@@ -102,8 +102,8 @@ task<> TableCache::write_dirty() {
       const Table& t = *dirty[j];
       v.push_back({const_cast<std::byte*>(t.data.data()) + first(t), last(t) - first(t)});
       ++j;
-      if (j == dirty.size() || v.size() >= 512 || last(t) != table_size_ ||
-          first(*dirty[j]) != 0 || dirty[j]->offset != t.offset + table_size_)
+      if (j == dirty.size() || v.size() >= 512 || last(t) != table_size_ || first(*dirty[j]) != 0 ||
+          dirty[j]->offset != t.offset + table_size_)
         break;
     }
     iovs.push_back(std::move(v));

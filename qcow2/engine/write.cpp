@@ -72,8 +72,8 @@ task<> Image::write_piece(std::uint64_t offset, std::span<const std::byte> buf) 
     }
     for (std::uint64_t h : hosts)
       if (in_place && hits_metadata(h, g_.cluster_size()))
-        co_return corrupt(fmt::format("data write to host cluster {:#x} would overwrite metadata",
-                                      h));
+        co_return corrupt(
+            fmt::format("data write to host cluster {:#x} would overwrite metadata", h));
     if (in_place) co_return co_await write_in_place(offset, buf, hosts);
     co_return co_await write_allocating(offset, buf);
   }
@@ -139,12 +139,13 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   }
   for (const ClusterPlan& p : plan.clusters())
     if (p.keep && hits_metadata(p.host, g_.cluster_size()))
-      co_return corrupt(fmt::format("data write to host cluster {:#x} would overwrite metadata",
-                                    p.host));
+      co_return corrupt(
+          fmt::format("data write to host cluster {:#x} would overwrite metadata", p.host));
   auto runs = co_await refcounts_.allocate(plan.new_clusters());
   if (!runs) co_return alloc_error(runs.error());
   plan.assign_hosts(*runs);
-  plan.skip_blank_fill([this](const ClusterPlan& p) { return reads_as_zero(p.old_entry, p.guest); });
+  plan.skip_blank_fill(
+      [this](const ClusterPlan& p) { return reads_as_zero(p.old_entry, p.guest); });
   allocated_in_cycle_ += plan.new_clusters();
   if (auto r = co_await prepare_ahead(); !r) co_return r;
   guard.unlock();

@@ -109,7 +109,8 @@ task<> Image::zero_piece(std::uint64_t offset, std::uint64_t length, bool unmap)
       continue;
     }
     bool free_old = false;
-    const L2Entry n = zeroed_entry(g_, e, a, b, unmap, backing_ != nullptr, header_.version >= 3, free_old);
+    const L2Entry n =
+        zeroed_entry(g_, e, a, b, unmap, backing_ != nullptr, header_.version >= 3, free_old);
     store_l2(g_, (*table)->data.data(), idx, n);
     if (free_old && l2_compressed(e)) {
       const CompressedDescriptor d = decode_compressed(g_, e);
@@ -155,9 +156,8 @@ task<> Image::discard_piece(std::uint64_t offset, std::uint64_t length) {
   auto table = co_await writable_l2(offset);
   if (!table) co_return table.error();
   // Over a backing file the discarded range must not show backing data.
-  const L2Entry empty = g_.extended_l2()
-                            ? L2Entry{0, backing_ ? QCOW_L2_BITMAP_ALL_ZEROES : 0}
-                            : L2Entry{backing_ ? QCOW_OFLAG_ZERO : 0, 0};
+  const L2Entry empty = g_.extended_l2() ? L2Entry{0, backing_ ? QCOW_L2_BITMAP_ALL_ZEROES : 0}
+                                         : L2Entry{backing_ ? QCOW_OFLAG_ZERO : 0, 0};
   for (std::uint64_t c = c0; c <= c1; ++c) {
     const std::uint64_t idx = g_.l2_index(c << g_.cluster_bits());
     const L2Entry e = load_l2(g_, (*table)->data.data(), idx);

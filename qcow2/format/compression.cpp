@@ -32,10 +32,16 @@ bool unzstd(std::span<const std::byte> in, std::span<std::byte> out) {
   while (ob.pos < ob.size) {
     const std::size_t in_before = ib.pos, out_before = ob.pos;
     const std::size_t r = ZSTD_decompressStream(d, &ob, &ib);
-    if (ZSTD_isError(r)) { ok = false; break; }
+    if (ZSTD_isError(r)) {
+      ok = false;
+      break;
+    }
     if (ob.pos == ob.size) break;
     // Frame finished before a full cluster, or no progress: truncated input.
-    if (r == 0 || (ib.pos == in_before && ob.pos == out_before)) { ok = false; break; }
+    if (r == 0 || (ib.pos == in_before && ob.pos == out_before)) {
+      ok = false;
+      break;
+    }
   }
   ZSTD_freeDStream(d);
   return ok;

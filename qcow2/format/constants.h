@@ -44,8 +44,8 @@ inline constexpr unsigned QCOW2_INCOMPAT_EXTL2_BITNR = 4;
 inline constexpr std::uint64_t QCOW2_INCOMPAT_DIRTY = 1ull << QCOW2_INCOMPAT_DIRTY_BITNR;
 inline constexpr std::uint64_t QCOW2_INCOMPAT_CORRUPT = 1ull << QCOW2_INCOMPAT_CORRUPT_BITNR;
 inline constexpr std::uint64_t QCOW2_INCOMPAT_DATA_FILE = 1ull << QCOW2_INCOMPAT_DATA_FILE_BITNR;
-inline constexpr std::uint64_t QCOW2_INCOMPAT_COMPRESSION =
-    1ull << QCOW2_INCOMPAT_COMPRESSION_BITNR;
+inline constexpr std::uint64_t QCOW2_INCOMPAT_COMPRESSION = 1ull
+                                                            << QCOW2_INCOMPAT_COMPRESSION_BITNR;
 inline constexpr std::uint64_t QCOW2_INCOMPAT_EXTL2 = 1ull << QCOW2_INCOMPAT_EXTL2_BITNR;
 inline constexpr std::uint64_t QCOW2_INCOMPAT_MASK = 0x1f;
 
@@ -76,8 +76,8 @@ inline constexpr std::uint64_t QCOW_L2_BITMAP_ALL_ALLOC = 0x00000000ffffffffull;
 inline constexpr std::uint64_t QCOW_L2_BITMAP_ALL_ZEROES = 0xffffffff00000000ull;
 
 // Limits (QEMU block/qcow2.h).
-inline constexpr std::uint64_t QCOW_MAX_L1_SIZE = 0x2000000;        // bytes (32 MiB)
-inline constexpr std::uint64_t QCOW_MAX_REFTABLE_SIZE = 0x800000;   // bytes (8 MiB)
+inline constexpr std::uint64_t QCOW_MAX_L1_SIZE = 0x2000000;       // bytes (32 MiB)
+inline constexpr std::uint64_t QCOW_MAX_REFTABLE_SIZE = 0x800000;  // bytes (8 MiB)
 inline constexpr std::uint64_t QCOW_MAX_CLUSTER_OFFSET = (1ull << 56) - 1;
 inline constexpr std::uint32_t QCOW_MAX_SNAPSHOTS = 65536;
 inline constexpr std::uint64_t QCOW_MAX_SNAPSHOTS_SIZE = 1024ull * QCOW_MAX_SNAPSHOTS;

@@ -39,7 +39,7 @@ enum class SubclusterType {
   ZeroAlloc,         // reads as zeros, host cluster kept (preallocated)
   Normal,            // data at host offset
   Compressed,
-  Invalid,           // inconsistent entry: treat as corruption
+  Invalid,  // inconsistent entry: treat as corruption
 };
 
 inline std::uint64_t l2_host_offset(const L2Entry& e) { return e.entry & L2E_OFFSET_MASK; }

@@ -73,13 +73,12 @@ void check_header_length(std::span<const std::byte> c, Header& h) {
 
 void check_features(const Header& h) {
   if (h.refcount_order > MAX_REFCOUNT_ORDER)
-    fail(fmt::format("reference count entry width too large ({} bits)", 1ull << std::min(
-        h.refcount_order, 63u)));
+    fail(fmt::format("reference count entry width too large ({} bits)",
+                     1ull << std::min(h.refcount_order, 63u)));
   const std::uint64_t unknown = h.incompatible_features & ~QCOW2_INCOMPAT_MASK;
   if (unknown) {
     unsigned bit = static_cast<unsigned>(__builtin_ctzll(unknown));
-    fail("unsupported incompatible feature " +
-         h.describe_feature(FeatureName::Incompatible, bit));
+    fail("unsupported incompatible feature " + h.describe_feature(FeatureName::Incompatible, bit));
   }
   if (h.crypt_method != QCOW_CRYPT_NONE)
     fail(fmt::format("encrypted images are not supported (crypt_method {})", h.crypt_method));
@@ -138,14 +137,22 @@ void parse_extension(std::uint32_t type, std::span<const std::byte> d, Header& h
       if (d.size() > MAX_BACKING_FORMAT_NAME) fail("backing format name too long");
       h.backing_format = as_string(d);
       return;
-    case QCOW2_EXT_MAGIC_FEATURE_TABLE: parse_feature_table(d, h); return;
-    case QCOW2_EXT_MAGIC_BITMAPS: parse_bitmaps_ext(d, h); return;
+    case QCOW2_EXT_MAGIC_FEATURE_TABLE:
+      parse_feature_table(d, h);
+      return;
+    case QCOW2_EXT_MAGIC_BITMAPS:
+      parse_bitmaps_ext(d, h);
+      return;
     case QCOW2_EXT_MAGIC_CRYPTO_HEADER:
       if (d.size() != 16) fail("crypto header extension has an invalid length");
       h.crypto_header = CryptoHeaderExtension{load_be64(d.data()), load_be64(d.data() + 8)};
       return;
-    case QCOW2_EXT_MAGIC_DATA_FILE: h.data_file = as_string(d); return;
-    default: h.unknown_extensions.push_back({type, {d.begin(), d.end()}}); return;
+    case QCOW2_EXT_MAGIC_DATA_FILE:
+      h.data_file = as_string(d);
+      return;
+    default:
+      h.unknown_extensions.push_back({type, {d.begin(), d.end()}});
+      return;
   }
 }
 
@@ -278,8 +285,8 @@ void validate_layout(const Header& h, std::uint64_t file_size) {
   inside("active L1 table", h.l1_table_offset, std::uint64_t{h.l1_size} * 8);
   inside("reference count table", h.refcount_table_offset,
          std::uint64_t{h.refcount_table_clusters} * cs);
-  inside("snapshot table", h.snapshots_offset, h.nb_snapshots ? std::uint64_t{h.nb_snapshots} * 40
-                                                              : 0);
+  inside("snapshot table", h.snapshots_offset,
+         h.nb_snapshots ? std::uint64_t{h.nb_snapshots} * 40 : 0);
   if (h.bitmaps) {
     if (h.bitmaps->directory_size > 64ull << 20) fail("bitmap directory too large");
     inside("bitmap directory", h.bitmaps->directory_offset, h.bitmaps->directory_size);
@@ -291,9 +298,8 @@ std::vector<std::byte> encode_header(const Header& h) {
   std::byte* p = out.data();
   const bool v3 = h.version >= 3;
   const std::uint32_t header_length =
-      v3 ? static_cast<std::uint32_t>(
-               std::max<std::size_t>(QCOW2_V3_HEADER_LENGTH + 8 + h.unknown_header_fields.size(),
-                                     h.header_length))
+      v3 ? static_cast<std::uint32_t>(std::max<std::size_t>(
+               QCOW2_V3_HEADER_LENGTH + 8 + h.unknown_header_fields.size(), h.header_length))
          : QCOW2_V2_HEADER_LENGTH;
   if (header_length > out.size()) fail("qcow2 header exceeds cluster size");
   store_be32(p, QCOW_MAGIC);

@@ -67,8 +67,8 @@ std::vector<std::byte> encode_snapshot_table(const std::vector<Snapshot>& snaps)
     store_be32(p + 16, s.date_sec);
     store_be32(p + 20, s.date_nsec);
     store_be64(p + 24, s.vm_clock_nsec);
-    store_be32(p + 32, static_cast<std::uint32_t>(std::min<std::uint64_t>(s.vm_state_size,
-                                                                          0xffffffffu)));
+    store_be32(p + 32,
+               static_cast<std::uint32_t>(std::min<std::uint64_t>(s.vm_state_size, 0xffffffffu)));
     store_be32(p + 36, static_cast<std::uint32_t>(s.extra_data.size()));
     std::copy(s.extra_data.begin(), s.extra_data.end(), p + 40);
     std::copy(reinterpret_cast<const std::byte*>(s.id.data()),

@@ -21,8 +21,8 @@ struct Snapshot {
   std::uint32_t date_sec = 0;
   std::uint32_t date_nsec = 0;
   std::uint64_t vm_clock_nsec = 0;
-  std::uint64_t vm_state_size = 0;  // vm_state_size_large when present
-  std::uint64_t disk_size = 0;      // from extra data; header size if absent
+  std::uint64_t vm_state_size = 0;    // vm_state_size_large when present
+  std::uint64_t disk_size = 0;        // from extra data; header size if absent
   std::vector<std::byte> extra_data;  // raw extra data, preserved
 };
 

@@ -48,9 +48,7 @@ void append_str(std::vector<std::byte>& v, const std::string& s) {
   v.insert(v.end(), p, p + s.size());
 }
 
-bool is_data_command(std::uint16_t type) {
-  return type != NBD_CMD_FLUSH && type != NBD_CMD_DISC;
-}
+bool is_data_command(std::uint16_t type) { return type != NBD_CMD_FLUSH && type != NBD_CMD_DISC; }
 
 std::uint16_t permitted_flags(std::uint16_t type) {
   std::uint16_t f = NBD_CMD_FLAG_FUA;
@@ -64,9 +62,15 @@ ExportLimits fuzzed_limits(FuzzedDataProvider& in) {
   ExportLimits lim;
   // Sizes near 0, near the request's range and near 2^64 all matter.
   switch (in.ConsumeIntegralInRange<int>(0, 2)) {
-    case 0: lim.size = in.ConsumeIntegralInRange<std::uint64_t>(0, 1u << 20); break;
-    case 1: lim.size = ~0ull - in.ConsumeIntegralInRange<std::uint64_t>(0, 1u << 20); break;
-    default: lim.size = in.ConsumeIntegral<std::uint64_t>(); break;
+    case 0:
+      lim.size = in.ConsumeIntegralInRange<std::uint64_t>(0, 1u << 20);
+      break;
+    case 1:
+      lim.size = ~0ull - in.ConsumeIntegralInRange<std::uint64_t>(0, 1u << 20);
+      break;
+    default:
+      lim.size = in.ConsumeIntegral<std::uint64_t>();
+      break;
   }
   lim.read_only = in.ConsumeBool();
   lim.structured = in.ConsumeBool();
@@ -86,19 +90,29 @@ void check_accepted(const Request& r, const ExportLimits& lim) {
     case NBD_CMD_READ:
     case NBD_CMD_WRITE:
     case NBD_CMD_FLUSH:
-    case NBD_CMD_DISC: break;
-    case NBD_CMD_TRIM: FUZZ_CHECK(lim.can_trim); break;
-    case NBD_CMD_WRITE_ZEROES: FUZZ_CHECK(lim.can_zero); break;
-    case NBD_CMD_CACHE: FUZZ_CHECK(lim.can_cache); break;
-    case NBD_CMD_BLOCK_STATUS: FUZZ_CHECK(lim.base_allocation); break;
-    default: FUZZ_CHECK(!"unknown command accepted");
+    case NBD_CMD_DISC:
+      break;
+    case NBD_CMD_TRIM:
+      FUZZ_CHECK(lim.can_trim);
+      break;
+    case NBD_CMD_WRITE_ZEROES:
+      FUZZ_CHECK(lim.can_zero);
+      break;
+    case NBD_CMD_CACHE:
+      FUZZ_CHECK(lim.can_cache);
+      break;
+    case NBD_CMD_BLOCK_STATUS:
+      FUZZ_CHECK(lim.base_allocation);
+      break;
+    default:
+      FUZZ_CHECK(!"unknown command accepted");
   }
   FUZZ_CHECK((r.flags & ~permitted_flags(r.type)) == 0);
   if (r.flags & NBD_CMD_FLAG_DF) FUZZ_CHECK(lim.structured);
   if (r.flags & NBD_CMD_FLAG_FAST_ZERO) FUZZ_CHECK(lim.can_fast_zero);
   if (!is_data_command(r.type)) return;
-  const bool writes = r.type == NBD_CMD_WRITE || r.type == NBD_CMD_WRITE_ZEROES ||
-                      r.type == NBD_CMD_TRIM;
+  const bool writes =
+      r.type == NBD_CMD_WRITE || r.type == NBD_CMD_WRITE_ZEROES || r.type == NBD_CMD_TRIM;
   if (writes) FUZZ_CHECK(!lim.read_only);
   // The session allocates this many bytes for READ/WRITE payloads.
   if (r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE) FUZZ_CHECK(r.length <= kMaxPayload);
@@ -129,7 +143,8 @@ void fuzz_request(FuzzedDataProvider& in) {
              err == NBD_EOVERFLOW);
   if (err == 0) check_accepted(*req, lim);
   // Past the end is never accepted, whatever else is wrong with the request.
-  if (is_data_command(req->type) && (req->offset > lim.size || req->length > lim.size - req->offset))
+  if (is_data_command(req->type) &&
+      (req->offset > lim.size || req->length > lim.size - req->offset))
     FUZZ_CHECK(err != 0);
   (void)command_name(req->type);
 }
@@ -206,8 +221,8 @@ void fuzz_encoders(FuzzedDataProvider& in) {
   // Every errno maps to a value the spec defines (unknown ones to EIO).
   const std::uint32_t nbd = errno_to_nbd(static_cast<int>(error));
   FUZZ_CHECK(nbd == 0 || nbd == NBD_EPERM || nbd == NBD_EIO || nbd == NBD_ENOMEM ||
-             nbd == NBD_EINVAL || nbd == NBD_ENOSPC || nbd == NBD_EOVERFLOW ||
-             nbd == NBD_ENOTSUP || nbd == NBD_ESHUTDOWN);
+             nbd == NBD_EINVAL || nbd == NBD_ENOSPC || nbd == NBD_EOVERFLOW || nbd == NBD_ENOTSUP ||
+             nbd == NBD_ESHUTDOWN);
   FUZZ_CHECK((nbd == 0) == (error == 0));
 }
 
@@ -219,11 +234,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const auto body = as_bytes(data + 1, size - 1);
   FuzzedDataProvider in(data + 1, size - 1);
   switch (mode % 5) {
-    case 0: fuzz_request(in); break;
-    case 1: fuzz_option_header(body); break;
-    case 2: fuzz_info_request(body); break;
-    case 3: fuzz_meta_context_request(body); break;
-    default: fuzz_encoders(in); break;
+    case 0:
+      fuzz_request(in);
+      break;
+    case 1:
+      fuzz_option_header(body);
+      break;
+    case 2:
+      fuzz_info_request(body);
+      break;
+    case 3:
+      fuzz_meta_context_request(body);
+      break;
+    default:
+      fuzz_encoders(in);
+      break;
   }
   return 0;
 }

@@ -35,8 +35,10 @@ T run(boost::asio::io_context& ctx, boost::asio::awaitable<T> aw, const char* wh
   std::exception_ptr error;
   bool done = false;
   boost::asio::co_spawn(ctx, std::move(aw), [&](std::exception_ptr e, T v) {
-    if (e) error = e;
-    else out.emplace(std::move(v));
+    if (e)
+      error = e;
+    else
+      out.emplace(std::move(v));
     done = true;
   });
   // Stop when the operation is done, not when the loop runs dry: the engine

@@ -148,15 +148,17 @@ void fuzz_image_prefix(std::span<const std::byte> in) {
   check_header_invariants(h, in.size());
 
   // Tables the layout check accepts lie inside the file, after cluster 0.
-  for (std::uint64_t file_size : {std::uint64_t{in.size()}, std::uint64_t{1} << 40, ~std::uint64_t{0}}) {
+  for (std::uint64_t file_size :
+       {std::uint64_t{in.size()}, std::uint64_t{1} << 40, ~std::uint64_t{0}}) {
     try {
       validate_layout(h, file_size);
     } catch (const FormatError&) {
       continue;
     }
     const std::uint64_t cs = h.cluster_size();
-    if (h.l1_size) FUZZ_CHECK(h.l1_table_offset >= cs &&
-                              h.l1_table_offset + std::uint64_t{h.l1_size} * 8 <= file_size);
+    if (h.l1_size)
+      FUZZ_CHECK(h.l1_table_offset >= cs &&
+                 h.l1_table_offset + std::uint64_t{h.l1_size} * 8 <= file_size);
     FUZZ_CHECK(h.refcount_table_offset >= cs);
     FUZZ_CHECK(h.refcount_table_offset + std::uint64_t{h.refcount_table_clusters} * cs <=
                file_size);
@@ -258,8 +260,8 @@ void fuzz_entries(FuzzedDataProvider& in) {
 
   // The rest is a table: L2 entries, then the same bytes as a refcount block.
   std::vector<std::byte> table(g.cluster_size());
-  const auto raw = in.ConsumeBytes<std::uint8_t>(std::min<std::size_t>(
-      table.size(), in.remaining_bytes() / 2 + 1));
+  const auto raw = in.ConsumeBytes<std::uint8_t>(
+      std::min<std::size_t>(table.size(), in.remaining_bytes() / 2 + 1));
   std::copy(raw.begin(), raw.end(), reinterpret_cast<std::uint8_t*>(table.data()));
   const std::uint64_t used = std::min<std::uint64_t>(
       g.l2_entries(), (raw.size() + g.l2_entry_size() - 1) / g.l2_entry_size());
@@ -316,7 +318,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size == 0) return 0;
   FuzzedDataProvider fdp(data + 1, size - 1);
   switch (data[0] % 3) {
-    case 0: fuzz_entries(fdp); break;
+    case 0:
+      fuzz_entries(fdp);
+      break;
     case 1: {
       Header h;
       h.cluster_bits = fdp.ConsumeIntegralInRange<unsigned>(MIN_CLUSTER_BITS, MAX_CLUSTER_BITS);
@@ -327,7 +331,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                           h);
       break;
     }
-    default: fuzz_compression(fdp); break;
+    default:
+      fuzz_compression(fdp);
+      break;
   }
   return 0;
 }

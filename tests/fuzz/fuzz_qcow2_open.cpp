@@ -62,8 +62,10 @@ T run(boost::asio::io_context& ctx, boost::asio::awaitable<T> aw) {
   std::exception_ptr error;
   bool done = false;
   boost::asio::co_spawn(ctx, std::move(aw), [&](std::exception_ptr e, T v) {
-    if (e) error = e;
-    else out.emplace(std::move(v));
+    if (e)
+      error = e;
+    else
+      out.emplace(std::move(v));
     done = true;
   });
   // Stop when the operation is done, not when the loop runs dry: the engine
@@ -168,9 +170,15 @@ std::vector<Written> write_pass(boost::asio::io_context& ctx, qcow2::Image& img,
   std::vector<std::byte> check(kIo * 2);
   for (auto& w : plan) {
     auto r = run(ctx, img.write(w.offset, w.data, false));
-    if (!r) { clean = false; continue; }
+    if (!r) {
+      clean = false;
+      continue;
+    }
     auto rr = run(ctx, img.read(w.offset, std::span(check).first(w.data.size())));
-    if (!rr) { clean = false; continue; }
+    if (!rr) {
+      clean = false;
+      continue;
+    }
     FUZZ_CHECK(std::equal(w.data.begin(), w.data.end(), check.begin()));
     done.push_back(std::move(w));
   }
@@ -207,7 +215,7 @@ void fuzz_image(const std::uint8_t* data, std::size_t size) {
     (void)run(ctx, ro.image->close());
   }
   Opened rw = open(ctx, bytes, false);
-  FUZZ_CHECK(rw.image);  // a read-only open succeeded, so must this one
+  FUZZ_CHECK(rw.image);               // a read-only open succeeded, so must this one
   if (rw.image->read_only()) return;  // dirty or corrupt: served read-only
   static const bool consistent_only = std::getenv("FUZZ_OPEN_CONSISTENT_ONLY") != nullptr;
   if (consistent_only && !refcounts_consistent(ctx, bytes)) return;

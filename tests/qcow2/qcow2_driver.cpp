@@ -34,7 +34,8 @@ asio::awaitable<int> dump(BlockBackend& b, const std::string& out) {
   std::vector<std::byte> buf(1 << 20);
   for (std::uint64_t pos = 0; pos < b.size(); pos += buf.size()) {
     const auto n = std::min<std::uint64_t>(buf.size(), b.size() - pos);
-    if (auto r = co_await b.read(pos, std::span(buf.data(), n)); !r) co_return fail_op("read", r.error());
+    if (auto r = co_await b.read(pos, std::span(buf.data(), n)); !r)
+      co_return fail_op("read", r.error());
     f.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(n));
   }
   co_return 0;
@@ -96,9 +97,12 @@ asio::awaitable<int> run(io::Ring& ring, std::vector<std::string> args) {
     co_return 2;
   }
   int rc = 0;
-  if (args[0] == "dump") rc = co_await dump(*b, args.at(2));
-  else if (args[0] == "status") rc = co_await status(*b);
-  else if (args[0] == "ops") rc = co_await ops(*b);
+  if (args[0] == "dump")
+    rc = co_await dump(*b, args.at(2));
+  else if (args[0] == "status")
+    rc = co_await status(*b);
+  else if (args[0] == "ops")
+    rc = co_await ops(*b);
   if (auto r = co_await b->close(); !r && rc == 0) rc = fail_op("close", r.error());
   co_return rc;
 }

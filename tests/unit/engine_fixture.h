@@ -28,8 +28,8 @@ using namespace qnbd::qcow2::format;
 
 // A fresh image: header, refcount table, one refcount block, L1 table.
 inline std::vector<std::byte> make_image(unsigned cluster_bits, std::uint64_t size,
-                                  const std::string& backing = "", bool extl2 = false,
-                                  unsigned refcount_order = 4) {
+                                         const std::string& backing = "", bool extl2 = false,
+                                         unsigned refcount_order = 4) {
   Header h;
   h.cluster_bits = cluster_bits;
   h.size = size;

@@ -270,7 +270,8 @@ constexpr const char* kRebuildOverL2 =
 
 std::vector<std::byte> from_hex(const char* h) {
   std::vector<std::byte> out;
-  for (; h[0] && h[1]; h += 2) out.push_back(static_cast<std::byte>(std::stoi(std::string(h, 2), nullptr, 16)));
+  for (; h[0] && h[1]; h += 2)
+    out.push_back(static_cast<std::byte>(std::stoi(std::string(h, 2), nullptr, 16)));
   return out;
 }
 
@@ -284,7 +285,8 @@ std::map<std::uint64_t, std::uint64_t> table_entries(const std::vector<std::byte
   const std::uint64_t cs = std::uint64_t{1} << format::load_be32(b.data() + 20);
   const std::uint64_t l1 = be64(b, 40);
   std::map<std::uint64_t, std::uint64_t> out;
-  for (std::uint64_t i = 0; i < std::min<std::uint32_t>(format::load_be32(b.data() + 36), 4096); ++i) {
+  for (std::uint64_t i = 0; i < std::min<std::uint32_t>(format::load_be32(b.data() + 36), 4096);
+       ++i) {
     const std::uint64_t e = be64_or_zero(b, l1 + i * 8);
     out[l1 + i * 8] = e;
     if (const std::uint64_t l2 = e & format::L1E_OFFSET_MASK)

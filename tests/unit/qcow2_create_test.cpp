@@ -64,15 +64,38 @@ TEST_CASE("qcow2 create: invalid option combinations are refused") {
   auto refused = [](create::CreateOptions x) {
     CHECK_THROWS_AS(create::plan_layout(x), create::OptionError);
   };
-  auto x = o; x.cluster_size = 1000; refused(x);
-  x = o; x.cluster_size = 4 << 20; refused(x);
-  x = o; x.refcount_bits = 3; refused(x);
-  x = o; x.version = 2; x.lazy_refcounts = true; refused(x);
-  x = o; x.version = 2; x.refcount_bits = 8; refused(x);
-  x = o; x.extended_l2 = true; x.cluster_size = 4096; refused(x);
-  x = o; x.backing_file = "base"; x.prealloc = create::Prealloc::metadata; refused(x);
-  x = o; x.size = 1ull << 63; refused(x);
-  x = o; x.backing_file = "base"; x.prealloc = create::Prealloc::metadata; x.extended_l2 = true;
+  auto x = o;
+  x.cluster_size = 1000;
+  refused(x);
+  x = o;
+  x.cluster_size = 4 << 20;
+  refused(x);
+  x = o;
+  x.refcount_bits = 3;
+  refused(x);
+  x = o;
+  x.version = 2;
+  x.lazy_refcounts = true;
+  refused(x);
+  x = o;
+  x.version = 2;
+  x.refcount_bits = 8;
+  refused(x);
+  x = o;
+  x.extended_l2 = true;
+  x.cluster_size = 4096;
+  refused(x);
+  x = o;
+  x.backing_file = "base";
+  x.prealloc = create::Prealloc::metadata;
+  refused(x);
+  x = o;
+  x.size = 1ull << 63;
+  refused(x);
+  x = o;
+  x.backing_file = "base";
+  x.prealloc = create::Prealloc::metadata;
+  x.extended_l2 = true;
   CHECK_NOTHROW(create::plan_layout(x));
 }
 

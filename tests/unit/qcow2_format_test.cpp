@@ -229,11 +229,11 @@ TEST_CASE("qcow2 header: malformed headers give clear errors") {
 
 TEST_CASE("qcow2 header: layout checks against the file size") {
   Header h = parse_header(encode_header(sample_header()));
-  CHECK_THROWS_WITH_AS(validate_layout(h, 0x20000), "active L1 table lies beyond the end of the file",
-                       FormatError);
+  CHECK_THROWS_WITH_AS(validate_layout(h, 0x20000),
+                       "active L1 table lies beyond the end of the file", FormatError);
   h.refcount_table_offset = 0;
-  CHECK_THROWS_WITH_AS(validate_layout(h, 0x40000), "reference count table overlaps the qcow2 header",
-                       FormatError);
+  CHECK_THROWS_WITH_AS(validate_layout(h, 0x40000),
+                       "reference count table overlaps the qcow2 header", FormatError);
 }
 
 TEST_CASE("qcow2 snapshots: table round trip and bounds") {
@@ -258,8 +258,8 @@ TEST_CASE("qcow2 snapshots: table round trip and bounds") {
   CHECK(p[1].l1_table_offset == 0x60000);
   CHECK_THROWS_AS(parse_snapshot_table(std::span(t).first(50), 2, h), FormatError);
   store_be64(t.data(), 0x50001);
-  CHECK_THROWS_WITH_AS(parse_snapshot_table(t, 2, h), "snapshot 0: snapshot L1 table offset invalid",
-                       FormatError);
+  CHECK_THROWS_WITH_AS(parse_snapshot_table(t, 2, h),
+                       "snapshot 0: snapshot L1 table offset invalid", FormatError);
 }
 
 TEST_CASE("qcow2 compression: deflate and zstd round trip") {

@@ -1,7 +1,7 @@
 // Dirty-bit mode FLUSH: one sync when every new cluster is blank (a fresh
 // hole whose old contents were zeros), two when data must precede its L2
-// entry; zeros written ahead for flush-heavy clients; and after a simulated power loss at any point, a repaired image
-// holds, per byte, the flushed contents or a value written since.
+// entry; zeros written ahead for flush-heavy clients; and after a simulated power loss at any
+// point, a repaired image holds, per byte, the flushed contents or a value written since.
 #include "engine_fixture.h"
 #include "qcow2/check/check.h"
 
@@ -98,7 +98,8 @@ TEST_CASE("dirty-bit flush: after a power loss every byte is flushed or newer") 
     io::MemoryFile* raw = file.get();
     auto image = open_lazy(ctx, std::move(file), with_backing ? &backing : nullptr);
     std::mt19937 rng(seed);
-    std::vector<std::byte> flushed(kSize, std::byte{with_backing ? std::uint8_t{0xbb} : std::uint8_t{0}});
+    std::vector<std::byte> flushed(kSize,
+                                   std::byte{with_backing ? std::uint8_t{0xbb} : std::uint8_t{0}});
     std::vector<std::byte> model = flushed;
     std::vector<std::uint64_t> since(kSize);  // bit k: write k since the last flush covers it
     std::vector<std::byte> values;            // value of write k
