@@ -1,5 +1,5 @@
 // qnbd: serve qcow2 and raw images over NBD.
-#include "backend/open_image.h"
+#include "server/open_image.h"
 #include "config/config.h"
 #include "io/uring.h"
 #include "server/cli.h"

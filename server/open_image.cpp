@@ -1,10 +1,8 @@
-#include "backend/open_image.h"
+#include "server/open_image.h"
 
 #include "backend/raw_backend.h"
 #include "io/uring_file.h"
-#ifdef QNBD_HAVE_QCOW2
 #include "qcow2/open.h"
-#endif
 
 #include <spdlog/spdlog.h>
 
@@ -26,10 +24,6 @@ std::unique_ptr<BlockBackend> open_raw(io::Ring& ring, const config::Export& e) 
 boost::asio::awaitable<std::unique_ptr<BlockBackend>> open_image(io::Ring& ring,
                                                                  const config::Export& e) {
   bool qcow2 = e.format == config::Format::qcow2;
-#ifndef QNBD_HAVE_QCOW2
-  if (qcow2) throw std::runtime_error(e.path + ": this build has no qcow2 support");
-  co_return open_raw(ring, e);
-#else
   if (e.format == config::Format::detect) {
     qcow2 = qcow2::has_qcow2_magic(e.path);
     spdlog::info("{}: detected format {}", e.path, qcow2 ? "qcow2" : "raw");
@@ -43,7 +37,6 @@ boost::asio::awaitable<std::unique_ptr<BlockBackend>> open_image(io::Ring& ring,
   o.lazy_refcounts = e.lazy_refcounts;
   o.cache_clean_interval = e.cache_clean_interval;
   co_return co_await qcow2::open_image(ring, e.path, o);
-#endif
 }
 
 }  // namespace qnbd
