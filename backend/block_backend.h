@@ -32,6 +32,26 @@ struct Extent {
   bool zero;
 };
 
+// True when [offset, offset+length) lies within a device of `size` bytes,
+// without overflowing for offsets near 2^64.
+constexpr bool range_fits(std::uint64_t offset, std::uint64_t length, std::uint64_t size) {
+  return offset <= size && length <= size - offset;
+}
+
+// The public operations are the backend contract's one home (as nbdkit's
+// backend_* functions): they check it for every implementation, then call the
+// virtual do_* ones, which may assume it. The contract:
+//  - a range must fit in size(), else errc::out_of_range;
+//  - write, write_zeroes and trim on a read-only backend fail with
+//    errc::read_only;
+//  - an operation or flag the capabilities() do not offer fails with
+//    errc::unsupported (FAST_ZERO: errc::fast_zero_unsupported);
+//  - zero-length read, write, write_zeroes, trim and cache succeed without
+//    reaching do_*; block_status needs a non-zero length;
+//  - block_status returns at least one extent, each of non-zero length (an
+//    implementation breaking this yields EIO).
+// The NBD front end proves the same rules on the wire first (validate_request,
+// which picks the NBD error), so there they hold by construction.
 class BlockBackend {
  public:
   virtual ~BlockBackend() = default;
@@ -40,21 +60,36 @@ class BlockBackend {
   virtual Capabilities capabilities() const = 0;
 
   // Fills buf with the bytes at [offset, offset+buf.size()).
-  virtual task<> read(std::uint64_t offset, std::span<std::byte> buf) = 0;
-  virtual task<> write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) = 0;
+  task<> read(std::uint64_t offset, std::span<std::byte> buf);
+  task<> write(std::uint64_t offset, std::span<const std::byte> buf, bool fua);
   // may_trim: the range may be deallocated (no NBD_CMD_FLAG_NO_HOLE).
   // fast: fail with errc::fast_zero_unsupported rather than write zeros slowly.
-  virtual task<> write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim, bool fast,
-                              bool fua) = 0;
-  virtual task<> trim(std::uint64_t offset, std::uint64_t length, bool fua) = 0;
-  virtual task<> flush() = 0;
+  task<> write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim, bool fast,
+                      bool fua);
+  task<> trim(std::uint64_t offset, std::uint64_t length, bool fua);
+  task<> flush();
   // Extents covering at least [offset, offset+1) and at most `length` bytes,
-  // in order, lengths non-zero.
-  virtual task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length) = 0;
+  // in order.
+  task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length);
   // Advisory prefetch.
-  virtual task<> cache(std::uint64_t offset, std::uint64_t length) = 0;
+  task<> cache(std::uint64_t offset, std::uint64_t length);
   // Writes back everything dirty before the server exits.
-  virtual task<> close() = 0;
+  task<> close() { return do_close(); }
+
+ protected:
+  virtual task<> do_read(std::uint64_t offset, std::span<std::byte> buf) = 0;
+  virtual task<> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) = 0;
+  virtual task<> do_write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim,
+                                 bool fast, bool fua) = 0;
+  virtual task<> do_trim(std::uint64_t offset, std::uint64_t length, bool fua) = 0;
+  virtual task<> do_flush() = 0;
+  virtual task<std::vector<Extent>> do_block_status(std::uint64_t offset, std::uint64_t length) = 0;
+  virtual task<> do_cache(std::uint64_t offset, std::uint64_t length) = 0;
+  virtual task<> do_close() = 0;
+
+ private:
+  // The error a modifying request breaks the contract with, if any.
+  error_code check_modify(std::uint64_t offset, std::uint64_t length, bool fua) const;
 };
 
 }  // namespace qnbd

@@ -26,11 +26,11 @@ Capabilities RawBackend::capabilities() const {
   return c;
 }
 
-task<> RawBackend::read(std::uint64_t offset, std::span<std::byte> buf) {
+task<> RawBackend::do_read(std::uint64_t offset, std::span<std::byte> buf) {
   co_return co_await file_->read_at(offset, buf);
 }
 
-task<> RawBackend::write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) {
+task<> RawBackend::do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) {
   if (auto r = co_await file_->write_at(offset, buf); !r) co_return r;
   if (fua) co_return co_await file_->sync();
   co_return result<>{};
@@ -48,8 +48,8 @@ task<> RawBackend::write_zero_buffers(std::uint64_t offset, std::uint64_t length
   co_return result<>{};
 }
 
-task<> RawBackend::write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim,
-                                bool fast, bool fua) {
+task<> RawBackend::do_write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim,
+                                   bool fast, bool fua) {
   result<> r = may_trim ? co_await file_->punch_hole(offset, length)
                         : co_await file_->zero_range(offset, length);
   if (!r && not_supported(r.error()) && may_trim) r = co_await file_->zero_range(offset, length);
@@ -61,18 +61,18 @@ task<> RawBackend::write_zeroes(std::uint64_t offset, std::uint64_t length, bool
   co_return r;
 }
 
-task<> RawBackend::trim(std::uint64_t offset, std::uint64_t length, bool fua) {
+task<> RawBackend::do_trim(std::uint64_t offset, std::uint64_t length, bool fua) {
   auto r = co_await file_->punch_hole(offset, length);
   if (!r && not_supported(r.error())) r = result<>{};  // trim is advisory
   if (r && fua) r = co_await file_->sync();
   co_return r;
 }
 
-task<> RawBackend::flush() { co_return co_await file_->sync(); }
+task<> RawBackend::do_flush() { co_return co_await file_->sync(); }
 
 // A hole found by SEEK_HOLE reads as zeros; data ranges are reported as
 // plain data (we do not scan them for zeros).
-task<std::vector<Extent>> RawBackend::block_status(std::uint64_t offset, std::uint64_t length) {
+task<std::vector<Extent>> RawBackend::do_block_status(std::uint64_t offset, std::uint64_t length) {
   std::vector<Extent> out;
   const std::uint64_t end = std::min(size_, offset + length);
   std::uint64_t pos = offset;
@@ -101,9 +101,9 @@ task<std::vector<Extent>> RawBackend::block_status(std::uint64_t offset, std::ui
   co_return out;
 }
 
-task<> RawBackend::cache(std::uint64_t, std::uint64_t) { co_return result<>{}; }
+task<> RawBackend::do_cache(std::uint64_t, std::uint64_t) { co_return result<>{}; }
 
-task<> RawBackend::close() {
+task<> RawBackend::do_close() {
   if (file_->read_only()) co_return result<>{};
   co_return co_await file_->sync();
 }

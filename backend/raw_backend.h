@@ -14,15 +14,17 @@ class RawBackend final : public BlockBackend {
 
   std::uint64_t size() const override { return size_; }
   Capabilities capabilities() const override;
-  task<> read(std::uint64_t offset, std::span<std::byte> buf) override;
-  task<> write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;
-  task<> write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim, bool fast,
-                      bool fua) override;
-  task<> trim(std::uint64_t offset, std::uint64_t length, bool fua) override;
-  task<> flush() override;
-  task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length) override;
-  task<> cache(std::uint64_t offset, std::uint64_t length) override;
-  task<> close() override;
+
+ protected:
+  task<> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
+  task<> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;
+  task<> do_write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim, bool fast,
+                         bool fua) override;
+  task<> do_trim(std::uint64_t offset, std::uint64_t length, bool fua) override;
+  task<> do_flush() override;
+  task<std::vector<Extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override;
+  task<> do_cache(std::uint64_t offset, std::uint64_t length) override;
+  task<> do_close() override;
 
  private:
   task<> write_zero_buffers(std::uint64_t offset, std::uint64_t length);

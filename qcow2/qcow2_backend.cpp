@@ -10,48 +10,40 @@ Capabilities Qcow2Backend::capabilities() const {
   return c;
 }
 
-task<> Qcow2Backend::read(std::uint64_t offset, std::span<std::byte> buf) {
-  if (!in_range(offset, buf.size())) co_return make_error_code(errc::out_of_range);
-  if (buf.empty()) co_return result<>{};
+task<> Qcow2Backend::do_read(std::uint64_t offset, std::span<std::byte> buf) {
   Image::ActiveOp op(*image_);
   co_return co_await image_->read(offset, buf);
 }
 
-task<> Qcow2Backend::write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) {
-  if (!in_range(offset, buf.size())) co_return make_error_code(errc::out_of_range);
+task<> Qcow2Backend::do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) {
   Image::ActiveOp op(*image_);
-  if (buf.empty()) co_return fua ? co_await image_->flush() : result<>{};
   co_return co_await image_->write(offset, buf, fua);
 }
 
-task<> Qcow2Backend::write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim,
-                                  bool fast, bool fua) {
-  if (!in_range(offset, length)) co_return make_error_code(errc::out_of_range);
-  if (length == 0) co_return result<>{};
+task<> Qcow2Backend::do_write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_trim,
+                                     bool fast, bool fua) {
   Image::ActiveOp op(*image_);
   co_return co_await image_->write_zeroes(offset, length, may_trim, fast, fua);
 }
 
-task<> Qcow2Backend::trim(std::uint64_t offset, std::uint64_t length, bool fua) {
-  if (!in_range(offset, length)) co_return make_error_code(errc::out_of_range);
-  if (length == 0) co_return result<>{};
+task<> Qcow2Backend::do_trim(std::uint64_t offset, std::uint64_t length, bool fua) {
   Image::ActiveOp op(*image_);
   co_return co_await image_->trim(offset, length, fua);
 }
 
-task<> Qcow2Backend::flush() {
+task<> Qcow2Backend::do_flush() {
   Image::ActiveOp op(*image_);
   co_return co_await image_->flush();
 }
 
-task<std::vector<Extent>> Qcow2Backend::block_status(std::uint64_t offset, std::uint64_t length) {
-  if (!in_range(offset, length) || length == 0) co_return make_error_code(errc::out_of_range);
+task<std::vector<Extent>> Qcow2Backend::do_block_status(std::uint64_t offset,
+                                                        std::uint64_t length) {
   Image::ActiveOp op(*image_);
   co_return co_await image_->block_status(offset, length);
 }
 
-task<> Qcow2Backend::cache(std::uint64_t, std::uint64_t) { co_return result<>{}; }
+task<> Qcow2Backend::do_cache(std::uint64_t, std::uint64_t) { co_return result<>{}; }
 
-task<> Qcow2Backend::close() { co_return co_await image_->close(); }
+task<> Qcow2Backend::do_close() { co_return co_await image_->close(); }
 
 }  // namespace qnbd::qcow2

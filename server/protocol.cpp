@@ -1,5 +1,7 @@
 #include "server/protocol.h"
 
+#include "backend/block_backend.h"
+
 #include <cerrno>
 
 namespace qnbd::nbd {
@@ -156,7 +158,7 @@ bool is_write(std::uint16_t type) {
 
 }  // namespace
 
-std::uint32_t validate_request(const Request& r, const ExportLimits& lim) {
+Verdict validate_request(const Request& r, const ExportLimits& lim) {
   switch (r.type) {
     case NBD_CMD_READ:
     case NBD_CMD_WRITE:
@@ -164,33 +166,36 @@ std::uint32_t validate_request(const Request& r, const ExportLimits& lim) {
     case NBD_CMD_DISC:
       break;
     case NBD_CMD_TRIM:
-      if (!lim.can_trim) return NBD_EINVAL;
+      if (!lim.can_trim) return {NBD_EINVAL, "TRIM was not advertised"};
       break;
     case NBD_CMD_WRITE_ZEROES:
-      if (!lim.can_zero) return NBD_EINVAL;
+      if (!lim.can_zero) return {NBD_EINVAL, "WRITE_ZEROES was not advertised"};
       break;
     case NBD_CMD_CACHE:
-      if (!lim.can_cache) return NBD_EINVAL;
+      if (!lim.can_cache) return {NBD_EINVAL, "CACHE was not advertised"};
       break;
     case NBD_CMD_BLOCK_STATUS:
-      if (!lim.base_allocation) return NBD_EINVAL;
+      if (!lim.base_allocation) return {NBD_EINVAL, "no metadata context was negotiated"};
+      if (r.length == 0) return {NBD_EINVAL, "zero-length BLOCK_STATUS"};
       break;
     default:
-      return NBD_EINVAL;
+      return {NBD_EINVAL, "unknown command"};
   }
-  if (r.flags & ~allowed_flags(r.type)) return NBD_EINVAL;
-  if ((r.flags & NBD_CMD_FLAG_DF) && !lim.structured) return NBD_EINVAL;
-  if ((r.flags & NBD_CMD_FLAG_FAST_ZERO) && !lim.can_fast_zero) return NBD_EINVAL;
-  if (r.type == NBD_CMD_FLUSH || r.type == NBD_CMD_DISC) return 0;
-  if (is_write(r.type) && lim.read_only) return NBD_EPERM;
+  if (r.flags & ~allowed_flags(r.type)) return {NBD_EINVAL, "flag not valid for this command"};
+  if ((r.flags & NBD_CMD_FLAG_DF) && !lim.structured)
+    return {NBD_EINVAL, "DF without structured replies"};
+  if ((r.flags & NBD_CMD_FLAG_FAST_ZERO) && !lim.can_fast_zero)
+    return {NBD_EINVAL, "FAST_ZERO was not advertised"};
+  if (r.type == NBD_CMD_FLUSH || r.type == NBD_CMD_DISC) return {};
+  if (is_write(r.type) && lim.read_only) return {NBD_EPERM, "the export is read-only"};
   if ((r.type == NBD_CMD_READ || r.type == NBD_CMD_WRITE) && r.length > kMaxPayload)
-    return NBD_EINVAL;
-  const bool past_end = r.offset > lim.size || r.length > lim.size - r.offset;
-  if (past_end)
-    return (r.type == NBD_CMD_WRITE || r.type == NBD_CMD_WRITE_ZEROES) ? NBD_ENOSPC : NBD_EINVAL;
+    return {NBD_EINVAL, "length exceeds the maximum payload"};
+  if (!range_fits(r.offset, r.length, lim.size))
+    return {(r.type == NBD_CMD_WRITE || r.type == NBD_CMD_WRITE_ZEROES) ? NBD_ENOSPC : NBD_EINVAL,
+            "offset and length are past the end of the export"};
   if (lim.min_block > 1 && (r.offset % lim.min_block || r.length % lim.min_block))
-    return NBD_EINVAL;
-  return 0;
+    return {NBD_EINVAL, "offset or length not a multiple of the minimum block size"};
+  return {};
 }
 
 std::uint32_t errno_to_nbd(int err) {

@@ -181,9 +181,16 @@ struct ExportLimits {
   std::uint32_t min_block = 1;
 };
 
-// The single place a request is validated (as nbdkit's validate_request):
-// returns 0 if the request may run, else the NBD error to reply with.
-std::uint32_t validate_request(const Request& r, const ExportLimits& lim);
+// The verdict on a request: error 0 means it may run; otherwise the NBD error
+// to reply with and why, for the log.
+struct Verdict {
+  std::uint32_t error = 0;
+  const char* reason = "";
+};
+
+// The single place a request is validated (as nbdkit's validate_request). A
+// request it accepts meets the BlockBackend contract (backend/block_backend.h).
+Verdict validate_request(const Request& r, const ExportLimits& lim);
 
 // Maps a local errno to the NBD wire value (unknown values become EIO,
 // except ones the spec asks us to fold, like EDQUOT/EFBIG -> ENOSPC).

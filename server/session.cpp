@@ -104,8 +104,10 @@ awaitable<void> Session::run() {
 awaitable<void> Session::handle(std::shared_ptr<Session>, Request req, Buffer payload,
                                 std::size_t budget) {
   Reply r;
-  if (std::uint32_t err = validate_request(req, lim_)) {
-    r = error_reply(req, err);
+  if (const Verdict v = validate_request(req, lim_); v.error) {
+    spdlog::debug("{}: {} at {} (+{}) rejected: {}", peer(), command_name(req.type), req.offset,
+                  req.length, v.reason);
+    r = error_reply(req, v.error);
   } else {
     r = co_await execute(req, payload);
   }

@@ -23,7 +23,8 @@ HARNESS_WARN := -Wall -Wextra -Werror
 PROTOCOL_SRC := server/protocol.cpp
 FORMAT_SRC := $(sort $(wildcard qcow2/format/*.cpp))
 CHECK_ONLY_SRC := io/uring.cpp io/uring_file.cpp $(sort $(wildcard qcow2/check/*.cpp))
-ENGINE_SRC := $(FORMAT_SRC) common/result.cpp io/memory_file.cpp backend/raw_backend.cpp \
+ENGINE_SRC := $(FORMAT_SRC) common/result.cpp io/memory_file.cpp backend/block_backend.cpp \
+              backend/raw_backend.cpp \
               $(sort $(wildcard qcow2/engine/*.cpp)) qcow2/qcow2_backend.cpp $(CHECK_ONLY_SRC)
 CHECK_SRC := $(FORMAT_SRC) common/result.cpp io/memory_file.cpp $(CHECK_ONLY_SRC)
 

@@ -103,6 +103,7 @@ void check_accepted(const Request& r, const ExportLimits& lim) {
       break;
     case NBD_CMD_BLOCK_STATUS:
       FUZZ_CHECK(lim.base_allocation);
+      FUZZ_CHECK(r.length != 0);
       break;
     default:
       FUZZ_CHECK(!"unknown command accepted");
@@ -138,7 +139,9 @@ void fuzz_request(FuzzedDataProvider& in) {
   FUZZ_CHECK(again == wire);
 
   const ExportLimits lim = fuzzed_limits(in);
-  const std::uint32_t err = validate_request(*req, lim);
+  const Verdict verdict = validate_request(*req, lim);
+  const std::uint32_t err = verdict.error;
+  FUZZ_CHECK(err == 0 || *verdict.reason != '\0');
   FUZZ_CHECK(err == 0 || err == NBD_EINVAL || err == NBD_EPERM || err == NBD_ENOSPC ||
              err == NBD_EOVERFLOW);
   if (err == 0) check_accepted(*req, lim);

@@ -183,59 +183,65 @@ TEST_CASE("validate_request applies the spec's error rules") {
   lim.structured = true;
   lim.base_allocation = true;
 
-  CHECK(validate_request(req(NBD_CMD_READ, 0, 4096), lim) == 0);
-  CHECK(validate_request(req(NBD_CMD_READ, (1 << 20) - 512, 512), lim) == 0);
-  CHECK(validate_request(req(NBD_CMD_READ, (1 << 20) - 512, 1024), lim) == NBD_EINVAL);
-  CHECK(validate_request(req(NBD_CMD_WRITE, 1 << 20, 1), lim) == NBD_ENOSPC);
-  CHECK(validate_request(req(NBD_CMD_WRITE_ZEROES, 0, 2 << 20), lim) == NBD_ENOSPC);
-  CHECK(validate_request(req(NBD_CMD_TRIM, 0, 2 << 20), lim) == NBD_EINVAL);
-  CHECK(validate_request(req(NBD_CMD_BLOCK_STATUS, 2 << 20, 1), lim) == NBD_EINVAL);
+  CHECK(validate_request(req(NBD_CMD_READ, 0, 4096), lim).error == 0);
+  CHECK(validate_request(req(NBD_CMD_READ, (1 << 20) - 512, 512), lim).error == 0);
+  CHECK(validate_request(req(NBD_CMD_READ, (1 << 20) - 512, 1024), lim).error == NBD_EINVAL);
+  CHECK(validate_request(req(NBD_CMD_WRITE, 1 << 20, 1), lim).error == NBD_ENOSPC);
+  CHECK(validate_request(req(NBD_CMD_WRITE_ZEROES, 0, 2 << 20), lim).error == NBD_ENOSPC);
+  CHECK(validate_request(req(NBD_CMD_TRIM, 0, 2 << 20), lim).error == NBD_EINVAL);
+  CHECK(validate_request(req(NBD_CMD_BLOCK_STATUS, 2 << 20, 1), lim).error == NBD_EINVAL);
   // offset + length wrapping 2^64 is out of range, not a small request
-  CHECK(validate_request(req(NBD_CMD_READ, ~0ULL - 10, 4096), lim) == NBD_EINVAL);
-  CHECK(validate_request(req(NBD_CMD_WRITE, ~0ULL - 10, 4096), lim) == NBD_ENOSPC);
+  CHECK(validate_request(req(NBD_CMD_READ, ~0ULL - 10, 4096), lim).error == NBD_EINVAL);
+  CHECK(validate_request(req(NBD_CMD_WRITE, ~0ULL - 10, 4096), lim).error == NBD_ENOSPC);
 
   SUBCASE("unknown commands and flags") {
-    CHECK(validate_request(req(42, 0, 0), lim) == NBD_EINVAL);
-    CHECK(validate_request(req(NBD_CMD_READ, 0, 512, 1 << 9), lim) == NBD_EINVAL);
-    CHECK(validate_request(req(NBD_CMD_READ, 0, 512, NBD_CMD_FLAG_REQ_ONE), lim) == NBD_EINVAL);
-    CHECK(validate_request(req(NBD_CMD_WRITE, 0, 512, NBD_CMD_FLAG_NO_HOLE), lim) == NBD_EINVAL);
+    CHECK(validate_request(req(42, 0, 0), lim).error == NBD_EINVAL);
+    CHECK(std::string(validate_request(req(42, 0, 0), lim).reason) == "unknown command");
+    CHECK(validate_request(req(NBD_CMD_READ, 0, 512, 1 << 9), lim).error == NBD_EINVAL);
+    CHECK(validate_request(req(NBD_CMD_READ, 0, 512, NBD_CMD_FLAG_REQ_ONE), lim).error ==
+          NBD_EINVAL);
+    CHECK(validate_request(req(NBD_CMD_WRITE, 0, 512, NBD_CMD_FLAG_NO_HOLE), lim).error ==
+          NBD_EINVAL);
     CHECK(validate_request(req(NBD_CMD_WRITE_ZEROES, 0, 512,
                                NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO | NBD_CMD_FLAG_FUA),
-                           lim) == 0);
-    CHECK(validate_request(req(NBD_CMD_BLOCK_STATUS, 0, 512, NBD_CMD_FLAG_REQ_ONE), lim) == 0);
-    CHECK(validate_request(req(NBD_CMD_READ, 0, 512, NBD_CMD_FLAG_DF), lim) == 0);
+                           lim)
+              .error == 0);
+    CHECK(validate_request(req(NBD_CMD_BLOCK_STATUS, 0, 512, NBD_CMD_FLAG_REQ_ONE), lim).error ==
+          0);
+    CHECK(validate_request(req(NBD_CMD_BLOCK_STATUS, 0, 0), lim).error == NBD_EINVAL);
+    CHECK(validate_request(req(NBD_CMD_READ, 0, 512, NBD_CMD_FLAG_DF), lim).error == 0);
   }
   SUBCASE("DF needs structured replies, BLOCK_STATUS needs a context") {
     lim.structured = false;
     lim.base_allocation = false;
-    CHECK(validate_request(req(NBD_CMD_READ, 0, 512, NBD_CMD_FLAG_DF), lim) == NBD_EINVAL);
-    CHECK(validate_request(req(NBD_CMD_BLOCK_STATUS, 0, 512), lim) == NBD_EINVAL);
+    CHECK(validate_request(req(NBD_CMD_READ, 0, 512, NBD_CMD_FLAG_DF), lim).error == NBD_EINVAL);
+    CHECK(validate_request(req(NBD_CMD_BLOCK_STATUS, 0, 512), lim).error == NBD_EINVAL);
   }
   SUBCASE("read-only export refuses every write kind") {
     lim.read_only = true;
-    CHECK(validate_request(req(NBD_CMD_WRITE, 0, 512), lim) == NBD_EPERM);
-    CHECK(validate_request(req(NBD_CMD_TRIM, 0, 512), lim) == NBD_EPERM);
-    CHECK(validate_request(req(NBD_CMD_WRITE_ZEROES, 0, 512), lim) == NBD_EPERM);
-    CHECK(validate_request(req(NBD_CMD_READ, 0, 512), lim) == 0);
-    CHECK(validate_request(req(NBD_CMD_FLUSH, 0, 0), lim) == 0);
+    CHECK(validate_request(req(NBD_CMD_WRITE, 0, 512), lim).error == NBD_EPERM);
+    CHECK(validate_request(req(NBD_CMD_TRIM, 0, 512), lim).error == NBD_EPERM);
+    CHECK(validate_request(req(NBD_CMD_WRITE_ZEROES, 0, 512), lim).error == NBD_EPERM);
+    CHECK(validate_request(req(NBD_CMD_READ, 0, 512), lim).error == 0);
+    CHECK(validate_request(req(NBD_CMD_FLUSH, 0, 0), lim).error == 0);
   }
   SUBCASE("payload limit") {
     lim.size = 1ULL << 40;
-    CHECK(validate_request(req(NBD_CMD_READ, 0, kMaxPayload), lim) == 0);
-    CHECK(validate_request(req(NBD_CMD_READ, 0, kMaxPayload + 1), lim) == NBD_EINVAL);
-    CHECK(validate_request(req(NBD_CMD_TRIM, 0, kMaxPayload + 1), lim) == 0);
+    CHECK(validate_request(req(NBD_CMD_READ, 0, kMaxPayload), lim).error == 0);
+    CHECK(validate_request(req(NBD_CMD_READ, 0, kMaxPayload + 1), lim).error == NBD_EINVAL);
+    CHECK(validate_request(req(NBD_CMD_TRIM, 0, kMaxPayload + 1), lim).error == 0);
   }
   SUBCASE("alignment when a minimum block size is advertised") {
     lim.min_block = 512;
-    CHECK(validate_request(req(NBD_CMD_READ, 512, 1024), lim) == 0);
-    CHECK(validate_request(req(NBD_CMD_READ, 1, 512), lim) == NBD_EINVAL);
-    CHECK(validate_request(req(NBD_CMD_WRITE, 0, 100), lim) == NBD_EINVAL);
+    CHECK(validate_request(req(NBD_CMD_READ, 512, 1024), lim).error == 0);
+    CHECK(validate_request(req(NBD_CMD_READ, 1, 512), lim).error == NBD_EINVAL);
+    CHECK(validate_request(req(NBD_CMD_WRITE, 0, 100), lim).error == NBD_EINVAL);
   }
   SUBCASE("unadvertised features") {
     lim.can_trim = false;
     lim.can_fast_zero = false;
-    CHECK(validate_request(req(NBD_CMD_TRIM, 0, 512), lim) == NBD_EINVAL);
-    CHECK(validate_request(req(NBD_CMD_WRITE_ZEROES, 0, 512, NBD_CMD_FLAG_FAST_ZERO), lim) ==
+    CHECK(validate_request(req(NBD_CMD_TRIM, 0, 512), lim).error == NBD_EINVAL);
+    CHECK(validate_request(req(NBD_CMD_WRITE_ZEROES, 0, 512, NBD_CMD_FLAG_FAST_ZERO), lim).error ==
           NBD_EINVAL);
   }
 }
