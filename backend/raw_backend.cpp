@@ -1,5 +1,7 @@
 #include "backend/raw_backend.h"
 
+#include "common/co_try.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -31,7 +33,7 @@ task<> RawBackend::do_read(std::uint64_t offset, std::span<std::byte> buf) {
 }
 
 task<> RawBackend::do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) {
-  if (auto r = co_await file_->write_at(offset, buf); !r) co_return r;
+  QNBD_CO_TRY(co_await file_->write_at(offset, buf));
   if (fua) co_return co_await file_->sync();
   co_return result<>{};
 }
@@ -41,7 +43,7 @@ task<> RawBackend::write_zero_buffers(std::uint64_t offset, std::uint64_t length
   const std::vector<std::byte> zeros(std::min<std::uint64_t>(length, kChunk));
   while (length) {
     auto n = std::min<std::uint64_t>(length, zeros.size());
-    if (auto r = co_await file_->write_at(offset, std::span(zeros.data(), n)); !r) co_return r;
+    QNBD_CO_TRY(co_await file_->write_at(offset, std::span(zeros.data(), n)));
     offset += n;
     length -= n;
   }

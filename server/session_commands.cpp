@@ -5,6 +5,7 @@
 // backend may live on another worker.
 #include "server/session.h"
 
+#include "common/co_try.h"
 #include "server/read_plan.h"
 
 #include <spdlog/spdlog.h>
@@ -28,8 +29,7 @@ struct ChunkRead {
 // The data chunks of a sparse read, in one trip to the home worker. `parts`
 // is the caller's, which awaits this.
 task<> read_chunks(BlockBackend& be, std::span<const ChunkRead> parts) {
-  for (const auto& p : parts)
-    if (auto r = co_await be.read(p.offset, p.into); !r) co_return r;
+  for (const auto& p : parts) QNBD_CO_TRY(co_await be.read(p.offset, p.into));
   co_return result<>{};
 }
 
