@@ -24,10 +24,12 @@ import zlib
 
 import nbd
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from qnbd_server import Server, is_reference  # noqa: E402
+
 import crash_images as ci
 from crash_model import (BLOCK, ImageModel, Op, describe, describe_value, render,
                          render_image, stamp)
-from crash_server import Server, become_subreaper, is_reference
 from crash_workload import HOT_CLUSTERS, Workload
 
 MAX_REPORTED = 12
@@ -78,7 +80,7 @@ class Iteration:
         self.rng = random.Random(seed)
         self.image = template.copy_to(os.path.join(workdir, "image." + self.variant.fmt))
         self.model = ImageModel(seed, template.initial, template.backing)
-        self.server = Server(workdir, self.image, self.variant.fmt, lazy=self.variant.lazy)
+        self.server = Server(workdir, self.image, fmt=self.variant.fmt, lazy=self.variant.lazy)
         self.notes = []
         self.dirty_after_kill = False
         self.crash_leaks = 0
@@ -258,7 +260,6 @@ def main():
     args = p.parse_args()
     if args.iterations is None:
         args.iterations = int(os.environ.get("QNBD_CRASH_ITERATIONS", 6 if args.sigterm else 11))
-    become_subreaper()
     variant = ci.VARIANTS[args.variant]
     base = args.seed if args.seed is not None else int(
         os.environ.get("QNBD_CRASH_SEED", variant_seed(variant.name) * 1000))

@@ -22,9 +22,11 @@ import tempfile
 
 import nbd
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from qnbd_server import Server, is_reference  # noqa: E402
+
 import crash_images as ci
 from crash_model import BLOCK, ImageModel, Op, render_range, stamp
-from crash_server import Server, become_subreaper, is_reference
 from crash_test import compare, read_nbd, variant_seed
 
 LAZY_VARIANTS = sorted(name for name, v in ci.VARIANTS.items() if v.lazy)
@@ -62,7 +64,7 @@ def one_seed(template, seed, workdir, lazy_flag):
     if not ci.qcow2_incompatible_bits(image) & ci.QCOW2_INCOMPAT_DIRTY:
         raise AssertionError("qemu left the image clean: the scenario did not happen")
     before = ci.qemu_img_check(image)
-    server = Server(workdir, image, "qcow2", lazy=lazy_flag).start()
+    server = Server(workdir, image, fmt="qcow2", lazy=lazy_flag).start()
     try:
         bad = compare(read_nbd(server), model, durable, "qnbd after repair on open")
         if bad:
@@ -111,7 +113,6 @@ def main():
     args = p.parse_args()
     if is_reference():
         sys.exit("qemu-nbd cannot run this test: its --fork start fails when it repairs")
-    become_subreaper()
     variant = ci.VARIANTS[args.variant]
     base = args.seed if args.seed is not None else variant_seed("dirty-" + variant.name) * 1000
     failures = []

@@ -19,9 +19,11 @@ import tempfile
 
 import nbd
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from qnbd_server import Server, is_reference  # noqa: E402
+
 import crash_images as ci
 from crash_model import BLOCK, ImageModel, Op, ZERO, render, stamp
-from crash_server import Server, become_subreaper, is_reference
 from crash_test import compare
 
 SEED = 4242
@@ -95,7 +97,7 @@ def run(fmt, top):
                 image, str(ci.VIRTUAL_SIZE)])
     model = ImageModel(SEED, [ZERO] * ci.BLOCKS, [ZERO] * ci.BLOCKS)
     limit = limit_for(image, fmt)
-    server = Server(top, image, fmt, file_size_limit=limit).start()
+    server = Server(top, image, fmt=fmt, file_size_limit=limit).start()
     try:
         h = nbd.NBD()
         h.connect_unix(server.sock)
@@ -138,7 +140,7 @@ def verify_after_restart(fmt, image, model, durable, top):
         if bad:
             raise AssertionError("\n".join(bad))
         print(f"{fmt}: qemu-img check exit {check.rc} ({check.leaks} leaks), data as acknowledged")
-    server = Server(top, image, fmt).start()
+    server = Server(top, image, fmt=fmt).start()
     try:
         h = nbd.NBD()
         h.connect_unix(server.sock)
@@ -174,7 +176,6 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--format", choices=["raw", "qcow2"], required=True)
     args = p.parse_args()
-    become_subreaper()
     with tempfile.TemporaryDirectory(prefix="qnbd-enospc-", dir=ci.scratch_root()) as top:
         try:
             run(args.format, top)

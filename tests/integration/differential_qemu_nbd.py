@@ -17,14 +17,6 @@ SIZE = 32 * h.MiB
 OPS = 1500
 
 
-class Reference(h.Server):
-    """qemu-nbd with the flags that match qnbd's behaviour."""
-
-    def argv(self):
-        return ["qemu-nbd", "--fork", "--pid-file", self.pid_file, "-k", self.sock,
-                "-f", "raw", "-t", "-e", "0", self.image]
-
-
 def random_request(rng):
     kind = rng.choices(["write", "zero", "read", "flush"], weights=[45, 15, 35, 5])[0]
     if kind == "flush":
@@ -64,7 +56,8 @@ def test_same_answers_as_qemu_nbd(tmp):
     data = [(0, h.MiB), (5 * h.MiB + 512, 3 * h.MiB), (SIZE - 2 * h.MiB, 2 * h.MiB)]
     ours_img = h.make_sparse_image(os.path.join(ours_dir, "disk.raw"), SIZE, data)
     ref_img = h.make_sparse_image(os.path.join(ref_dir, "disk.raw"), SIZE, data)
-    with h.Server(ours_dir, ours_img) as ours, Reference(ref_dir, ref_img) as ref:
+    reference = h.Server(ref_dir, ref_img, binary="qemu-nbd")
+    with h.Server(ours_dir, ours_img) as ours, reference as ref:
         a, b = nbd.NBD(), nbd.NBD()
         a.connect_uri(ours.unix_uri())
         b.connect_uri(ref.unix_uri())

@@ -3,6 +3,7 @@
 and data written through qnbd lands in the file."""
 import json
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +40,7 @@ def test_qemu_img_compare_detects_difference(tmp):
     image = h.make_sparse_image(os.path.join(tmp, "disk.raw"), SIZE, DATA)
     other = h.make_sparse_image(os.path.join(tmp, "other.raw"), SIZE, DATA, seed=1)
     with h.Server(tmp, image) as srv:
-        p = h.subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw",
+        p = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw",
                               srv.unix_uri(), other], capture_output=True, text=True)
         assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
 

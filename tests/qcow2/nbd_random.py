@@ -15,15 +15,15 @@ snapshot is unchanged.
 """
 import os
 import random
-import select
-import signal
 import subprocess
 import sys
 import tempfile
 
 import nbd
 
-QNBD = os.environ["QNBD"]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from qnbd_server import Server  # noqa: E402
+
 SIZE = 8 << 20
 
 
@@ -32,30 +32,6 @@ def run(*args, check=True):
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)}: {p.returncode} {p.stderr}{p.stdout}")
     return p
-
-
-class Server:
-    def __init__(self, tmp, image):
-        self.sock = f"{tmp}/sock"
-        self.pidfile = f"{tmp}/pid"
-        # The daemon keeps its stdout/stderr: a log file, not our pipes.
-        with open(f"{tmp}/qnbd.log", "ab") as log:
-            subprocess.run([QNBD, "--fork", "--pid-file", self.pidfile, "-k", self.sock,
-                            "-f", "qcow2", image], stdout=log, stderr=log, check=True)
-        with open(self.pidfile) as f:
-            self.pid = int(f.read())
-
-    def uri(self):
-        return f"nbd+unix:///?socket={self.sock}"
-
-    def stop(self):
-        # The server is not our child (--fork): a pidfd tells when it exited.
-        fd = os.pidfd_open(self.pid)
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-            select.select([fd], [], [], 30)
-        finally:
-            os.close(fd)
 
 
 class Model:
@@ -185,8 +161,7 @@ def exercise(tmp, name, img, cluster, v3, backing, snapshot, seed):
     run("qemu-img", "convert", "-O", "raw", img, raw)
     with open(raw, "rb") as f:
         model = Model(f.read(), cluster, v3, backing)
-    srv = Server(tmp, img)
-    try:
+    with Server(tmp, img, fmt="qcow2") as srv:
         p = run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", srv.uri(), img, check=False)
         assert p.returncode == 0, f"export reads differ from the image: {p.stdout}"
         h = nbd.NBD()
@@ -198,8 +173,6 @@ def exercise(tmp, name, img, cluster, v3, backing, snapshot, seed):
         check_contents(h, model)
         h.flush()
         h.shutdown()
-    finally:
-        srv.stop()
     final = f"{tmp}/{name}.final.raw"
     with open(final, "wb") as f:
         f.write(model.data)
