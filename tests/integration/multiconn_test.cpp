@@ -7,14 +7,6 @@
 // (debug) must show the connections served on two worker threads.
 #include <doctest/doctest.h>
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -29,10 +21,10 @@
 #include <vector>
 
 #include "server_fixture.h"
-
-extern char** environ;
+#include "tests/lib/child.h"
 
 using namespace qnbd_it;
+using qnbd::test::run_program;
 
 namespace {
 
@@ -53,48 +45,15 @@ std::uint32_t overlap_seed(int conn) { return 10 + conn; }
 Range big_range(int conn) { return {conn * 4 * MiB, 2 * MiB}; }                // 64 KiB writes
 Range small_range(int conn) { return {conn * 4 * MiB + 2 * MiB, 256 * KiB}; }  // 4 KiB writes
 
-// Runs a program to completion with stdout/stderr appended to `log`.
-int run(const std::vector<std::string>& args, const std::string& log) {
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t child;
-  int rc = posix_spawnp(&child, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) throw std::runtime_error("posix_spawn " + args[0] + ": " + std::strerror(rc));
-  int status = 0;
-  if (::waitpid(child, &status, 0) != child) throw std::runtime_error("waitpid " + args[0]);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 std::string slurp(const std::string& path) {
   std::ifstream in(path);
   return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
-std::vector<std::string> qnbd_args() {
-  if (is_reference_server()) return {"-f", "qcow2"};
-  return {"-f", "qcow2", "--log-level=debug", "--workers=2"};
-}
-
-// A server outside the fixture, because this one is SIGKILLed on purpose.
-pid_t start_daemon(const TempDir& dir) {
-  std::vector<std::string> a{server_binary(),      "--fork", "--pid-file",
-                             dir.file("kill.pid"), "-k",     dir.file("kill.sock")};
-  for (auto& x : qnbd_args()) a.push_back(x);
-  if (is_reference_server()) a.insert(a.end(), {"-t", "-e", "0", "--discard=unmap"});
-  a.push_back(dir.file("disk.qcow2"));
-  REQUIRE(run(a, dir.file("kill.log")) == 0);
-  std::ifstream pf(dir.file("kill.pid"));
-  pid_t pid = -1;
-  pf >> pid;
-  REQUIRE(pid > 0);
-  return pid;
+ServerOptions qcow2_options(const TempDir& dir) {
+  auto o = ServerOptions::serving(dir.file("disk.qcow2")).formatted("qcow2");
+  if (is_reference_server()) return o;
+  return std::move(o).with_args({"--log-level=debug", "--workers=2"});
 }
 
 std::vector<std::unique_ptr<Handle>> connect_all(const std::string& socket) {
@@ -248,14 +207,14 @@ std::set<std::string> session_threads(const std::string& log, std::set<std::stri
 
 TEST_CASE("multi-conn: 4 connections to one qcow2 export on 2 workers see each other's writes") {
   TempDir dir;
-  REQUIRE(run({"qemu-img", "create", "-q", "-f", "qcow2", dir.file("disk.qcow2"),
-               std::to_string(kSize)},
-              dir.file("qemu-img.log")) == 0);
+  REQUIRE(run_program({"qemu-img", "create", "-q", "-f", "qcow2", dir.file("disk.qcow2"),
+                       std::to_string(kSize)},
+                      dir.file("qemu-img.log")) == 0);
 
   // Phase 1: write from all connections, FLUSH on one, then SIGKILL.
-  pid_t pid = start_daemon(dir);
   {
-    auto hs = connect_all(dir.file("kill.sock"));
+    Server server(dir, qcow2_options(dir));
+    auto hs = connect_all(server.socket());
     concurrent_writes(hs);
     ordered_writes(hs);
     NBD_OK(nbd_flush(*hs[0], 0));
@@ -276,26 +235,23 @@ TEST_CASE("multi-conn: 4 connections to one qcow2 export on 2 workers see each o
     }
     if (!is_reference_server()) {
       std::set<std::string> workers;
-      auto threads = session_threads(dir.file("kill.log"), workers);
-      CHECK_MESSAGE(workers.size() == 2, slurp(dir.file("kill.log")));
-      CHECK_MESSAGE(threads.size() == 2, slurp(dir.file("kill.log")));
+      auto threads = session_threads(server.log(), workers);
+      CHECK_MESSAGE(workers.size() == 2, slurp(server.log()));
+      CHECK_MESSAGE(threads.size() == 2, slurp(server.log()));
     }
-    REQUIRE(::kill(pid, SIGKILL) == 0);
-    int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
-    CHECK(WIFSIGNALED(status));
+    server.kill();
   }
   // Everything acknowledged before the FLUSH is in the image, whichever
   // connection wrote it, and the metadata is consistent.
   const std::string check_log = dir.file("check.log");
-  CHECK_MESSAGE(run({"qemu-img", "check", "-q", dir.file("disk.qcow2")}, check_log) == 0,
+  CHECK_MESSAGE(run_program({"qemu-img", "check", "-q", dir.file("disk.qcow2")}, check_log) == 0,
                 slurp(check_log));
 
   // Phase 2: a fresh server reads it all back; SIGTERM with four sessions
   // open (three of them remote) must drain and exit 0 (the fixture checks).
   {
     std::optional<Server> server;
-    server.emplace(dir, ServerOptions::serving(dir.file("disk.qcow2")).with_args(qnbd_args()));
+    server.emplace(dir, qcow2_options(dir));
     auto hs = connect_all(server->socket());
     check_contents(*hs[kConns - 1], "after restart");
     hs.resize(2);  // two clients leave, two stay for the shutdown
@@ -305,7 +261,7 @@ TEST_CASE("multi-conn: 4 connections to one qcow2 export on 2 workers see each o
     for (auto& h : more) NBD_OK(nbd_pread(*h, buf.data(), buf.size(), big_range(1).offset, 0));
     server.reset();  // SIGTERM; the fixture requires exit status 0
   }
-  CHECK_MESSAGE(run({"qemu-img", "check", "-q", dir.file("disk.qcow2")}, check_log) == 0,
+  CHECK_MESSAGE(run_program({"qemu-img", "check", "-q", dir.file("disk.qcow2")}, check_log) == 0,
                 slurp(check_log));
 }
 

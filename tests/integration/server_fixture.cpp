@@ -1,15 +1,14 @@
 #include "server_fixture.h"
 
+#include "tests/lib/child.h"
+
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,50 +21,14 @@
 #include <sstream>
 #include <stdexcept>
 
-extern char** environ;
-
 namespace qnbd_it {
+
+using qnbd::test::describe_status;
+using qnbd::test::wait_with_timeout;
+
 namespace {
 
 std::string errno_text(const std::string& what) { return what + ": " + std::strerror(errno); }
-
-// waitpid with a timeout, via a pidfd so there is no polling loop.
-bool wait_with_timeout(pid_t pid, int timeout_ms, int& status) {
-  int fd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  if (fd < 0) throw std::runtime_error(errno_text("pidfd_open"));
-  pollfd p{fd, POLLIN, 0};
-  int ready = ::poll(&p, 1, timeout_ms);
-  ::close(fd);
-  if (ready <= 0) return false;
-  return ::waitpid(pid, &status, 0) == pid;
-}
-
-std::string describe(int status) {
-  if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
-  return "exit code " + std::to_string(WEXITSTATUS(status));
-}
-
-int run_and_wait(const std::vector<std::string>& args, const std::string& log) {
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  pid_t child;
-  int rc = posix_spawn(&child, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) throw std::runtime_error("posix_spawn " + args[0] + ": " + std::strerror(rc));
-  int status = 0;
-  if (!wait_with_timeout(child, 30000, status)) {
-    ::kill(child, SIGKILL);
-    ::waitpid(child, &status, 0);
-    return -1;
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 }  // namespace
 
@@ -82,18 +45,6 @@ bool is_reference_server() {
 void become_subreaper() {
   if (::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0)
     throw std::runtime_error(errno_text("prctl(PR_SET_CHILD_SUBREAPER)"));
-}
-
-TempDir::TempDir() {
-  std::string tmpl =
-      (std::filesystem::temp_directory_path() / "qnbd-it-XXXXXX").string();  // honours TMPDIR
-  if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error(errno_text("mkdtemp"));
-  path_ = tmpl;
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
 }
 
 std::vector<std::uint8_t> pattern(std::uint64_t offset, std::uint64_t length, std::uint32_t seed) {
@@ -196,7 +147,7 @@ std::vector<std::string> Server::argv() const {
   }
   if (!socket_.empty()) a.insert(a.end(), {"-k", socket_});
   if (port_ != 0) a.insert(a.end(), {"-b", "127.0.0.1", "-p", std::to_string(port_)});
-  a.insert(a.end(), {"-x", options_.name, "-f", "raw"});
+  a.insert(a.end(), {"-x", options_.name, "-f", options_.format});
   if (!options_.description.empty()) a.insert(a.end(), {"-D", options_.description});
   if (options_.read_only) a.push_back("-r");
   if (is_reference_server()) a.insert(a.end(), {"-t", "-e", "0", "--discard=unmap"});
@@ -206,7 +157,9 @@ std::vector<std::string> Server::argv() const {
 }
 
 void Server::start() {
-  int rc = run_and_wait(argv(), log_);
+  for (const auto& stale : {socket_, pid_file_})
+    if (!stale.empty()) ::unlink(stale.c_str());
+  int rc = qnbd::test::run_program(argv(), log_, 30000);
   if (rc != 0) {
     dump_log();
     throw std::runtime_error("server start failed with exit " + std::to_string(rc));
@@ -219,11 +172,21 @@ void Server::start() {
 bool Server::alive() {
   int status = 0;
   if (pid_ > 0 && ::waitpid(pid_, &status, WNOHANG) == pid_) {
-    MESSAGE("server died: " << describe(status));
+    MESSAGE("server died: " << describe_status(status));
     dump_log();
     pid_ = -1;
   }
   return pid_ > 0;
+}
+
+void Server::kill() {
+  REQUIRE(pid_ > 0);
+  const pid_t pid = pid_;
+  pid_ = -1;
+  REQUIRE(::kill(pid, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK_MESSAGE(WIFSIGNALED(status), "server had already exited: " << describe_status(status));
 }
 
 void Server::stop() {
@@ -240,7 +203,7 @@ void Server::stop() {
   bool clean = exited && WIFEXITED(status) && WEXITSTATUS(status) == 0;
   if (!clean) dump_log();
   CHECK_MESSAGE(exited, "server did not exit within 20 s of SIGTERM");
-  CHECK_MESSAGE(clean, "server exit after SIGTERM: " << describe(status));
+  CHECK_MESSAGE(clean, "server exit after SIGTERM: " << describe_status(status));
 }
 
 void Server::dump_log() const {

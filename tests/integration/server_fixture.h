@@ -5,6 +5,8 @@
 // qnbd-only.
 #pragma once
 
+#include "tests/lib/temp_dir.h"
+
 #include <libnbd.h>
 #include <sys/types.h>
 
@@ -25,18 +27,7 @@ bool is_reference_server();
 // so their real exit status can be collected.
 void become_subreaper();
 
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using qnbd::test::TempDir;
 
 struct Range {
   std::uint64_t offset;
@@ -56,6 +47,7 @@ std::vector<std::pair<Range, bool>> file_extents(const std::string& path);
 
 struct ServerOptions {
   std::string image;
+  std::string format = "raw";
   std::string name;
   std::string description;
   bool read_only = false;
@@ -74,6 +66,10 @@ struct ServerOptions {
     ServerOptions o;
     o.config = std::move(path);
     return o;
+  }
+  ServerOptions formatted(std::string f) && {
+    format = std::move(f);
+    return std::move(*this);
   }
   ServerOptions named(std::string n) && {
     name = std::move(n);
@@ -97,16 +93,22 @@ struct ServerOptions {
   }
 };
 
+// One qnbd serving in `dir` (nbd.sock, qnbd.pid, qnbd.log there). Ready once
+// constructed: --fork returns after the socket listens. A stale socket or pid
+// file of an earlier server in the same directory is removed first.
 class Server {
  public:
   Server(const TempDir& dir, ServerOptions options);
-  ~Server();  // stops the server and checks that it exits 0
+  ~Server();  // stops the server and checks that it exits 0 (unless killed)
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
   const std::string& socket() const { return socket_; }
+  const std::string& log() const { return log_; }
   int port() const { return port_; }
   bool alive();
+  // SIGKILL (the crash under test) and reap; checks it was still running.
+  void kill();
   void dump_log() const;
   std::vector<std::string> argv() const;
 

@@ -3,9 +3,11 @@
 #include "config/values.h"
 #include "server/cli.h"
 
+#include "tests/lib/child.h"
+#include "tests/lib/temp_dir.h"
+
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -16,6 +18,7 @@
 #include <vector>
 
 namespace fs = std::filesystem;
+using qnbd::test::TempDir;
 using namespace qnbd::server;
 using qnbd::config::CacheMode;
 using qnbd::config::Config;
@@ -24,23 +27,6 @@ using qnbd::config::Format;
 using qnbd::config::LogLevel;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "qnbd-cli-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name,
-                   const std::string& content = std::string(4096, 'x')) const {
-    fs::path p = path / name;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p) << content;
-    return p.string();
-  }
-};
 
 CliResult parse(std::vector<std::string> args) {
   std::vector<std::string_view> views(args.begin(), args.end());
@@ -83,14 +69,7 @@ std::vector<std::string> plus(std::vector<std::string> a, const std::vector<std:
 // Runs parse_command_line() as main() would, in a child; returns its exit
 // status and stdout.
 std::pair<int, std::string> run_main(std::vector<std::string> args) {
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  std::fflush(nullptr);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    ::dup2(fds[1], STDOUT_FILENO);
+  auto r = qnbd::test::run_in_child([&] {
     args.insert(args.begin(), "qnbd");
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -99,28 +78,19 @@ std::pair<int, std::string> run_main(std::vector<std::string> args) {
       parse_command_line(int(args.size()), argv.data());
     } catch (const ConfigError& e) {
       std::printf("qnbd: %s", e.what());  // as main() reports it
-      std::fflush(stdout);
-      ::_exit(1);
+      return 1;
     }
-    ::_exit(42);  // returned a config to serve
-  }
-  ::close(fds[1]);
-  std::string out;
-  char buf[512];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, std::size_t(n));
-  ::close(fds[0]);
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  REQUIRE(WIFEXITED(status));
-  return {WEXITSTATUS(status), out};
+    return 42;  // returned a config to serve
+  });
+  return {r.exit_code, r.out};
 }
 
 }  // namespace
 
 TEST_SUITE("cli") {
   TEST_CASE("cli: IMAGE alone serves it on TCP 127.0.0.1:10809 with defaults") {
-    TempDir dir;
-    std::string img = dir.file("disk.img");
+    TempDir dir("qnbd-cli");
+    std::string img = dir.write("disk.img");
     Config c = config_of({img});
     CHECK(c.listen.tcp);
     CHECK(c.listen.host == "127.0.0.1");
@@ -142,21 +112,21 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("cli: relative IMAGE and paths become absolute") {
-    TempDir dir;
-    dir.file("rel.img");
+    TempDir dir("qnbd-cli");
+    dir.write("rel.img");
     fs::path old = fs::current_path();
-    fs::current_path(dir.path);
+    fs::current_path(dir.path());
     Config c = config_of({"--pid-file", "q.pid", "-k", "s.sock", "./rel.img"});
     fs::current_path(old);
-    CHECK(c.exports.at(0).path == (dir.path / "rel.img").string());
-    CHECK(c.pid_file == (dir.path / "q.pid").string());
-    CHECK(c.listen.unix_path == (dir.path / "s.sock").string());
+    CHECK(c.exports.at(0).path == (dir.path() / "rel.img").string());
+    CHECK(c.pid_file == (dir.path() / "q.pid").string());
+    CHECK(c.listen.unix_path == (dir.path() / "s.sock").string());
   }
 
   TEST_CASE("cli: every option with a value, in every spelling") {
-    TempDir dir;
-    std::string img = dir.file("disk.img");
-    std::string sock = (dir.path / "nbd.sock").string(), pid = (dir.path / "q.pid").string();
+    TempDir dir("qnbd-cli");
+    std::string img = dir.write("disk.img");
+    std::string sock = (dir.path() / "nbd.sock").string(), pid = (dir.path() / "q.pid").string();
     struct Case {
       char short_name;
       std::string long_name, value;
@@ -194,25 +164,25 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("cli: flags, grouped short flags and --") {
-    TempDir dir;
-    std::string img = dir.file("disk.img");
+    TempDir dir("qnbd-cli");
+    std::string img = dir.write("disk.img");
     CHECK(config_of({"-r", img}).exports[0].read_only);
     CHECK(config_of({"--read-only", img}).exports[0].read_only);
     CHECK(config_of({"--lazy-refcounts", img}).exports[0].lazy_refcounts);
     CHECK(config_of({"--fork", img}).fork);
     CHECK(config_of({"-t", img}).exports.size() == 1);
     CHECK(config_of({"--persistent", img}).exports.size() == 1);
-    Config c = config_of({"-rtk" + (dir.path / "s").string(), img});
+    Config c = config_of({"-rtk" + (dir.path() / "s").string(), img});
     CHECK(c.exports[0].read_only);
-    CHECK(c.listen.unix_path == (dir.path / "s").string());
+    CHECK(c.listen.unix_path == (dir.path() / "s").string());
     c = config_of({"-rx", "named", img});
     CHECK(c.exports[0].read_only);
     CHECK(c.exports[0].name == "named");
     CHECK(config_of({"-x", "", img}).exports[0].name.empty());
     CHECK(config_of({"-x", "-r", img}).exports[0].name == "-r");  // a value is taken as is
-    std::string dashed = dir.file("-odd.img");
+    std::string dashed = dir.write("-odd.img");
     fs::path old = fs::current_path();
-    fs::current_path(dir.path);
+    fs::current_path(dir.path());
     std::string path = config_of({"--", "-odd.img"}).exports[0].path;
     fs::current_path(old);
     CHECK(path == dashed);
@@ -222,8 +192,8 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("cli: -k alone serves only the Unix socket; with -p or -b both") {
-    TempDir dir;
-    std::string img = dir.file("disk.img"), sock = (dir.path / "s").string();
+    TempDir dir("qnbd-cli");
+    std::string img = dir.write("disk.img"), sock = (dir.path() / "s").string();
     Config c = config_of({"-k", sock, img});
     CHECK_FALSE(c.listen.tcp);
     CHECK(c.listen.unix_path == sock);
@@ -242,8 +212,8 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("cli: each bad option is one clear line") {
-    TempDir dir;
-    std::string img = dir.file("disk.img");
+    TempDir dir("qnbd-cli");
+    std::string img = dir.write("disk.img");
     const std::pair<std::vector<std::string>, std::string> cases[] = {
         {{"--port", "abc", img}, "--port: expected a number 1-65535, got 'abc'"},
         {{"-p0", img}, "--port: expected a number 1-65535, got '0'"},
@@ -280,8 +250,8 @@ TEST_SUITE("cli") {
         {{"-r"}, "missing IMAGE to serve (or --config FILE); try 'qnbd --help'"},
         {{img, "b.img"}, "expected one IMAGE, got '" + img + "' and 'b.img'"},
         {{"no-such.img"}, "IMAGE 'no-such.img': No such file or directory"},
-        {{dir.path.string()},
-         "IMAGE '" + dir.path.string() +
+        {{dir.path().string()},
+         "IMAGE '" + dir.path().string() +
              "': is a directory, expected a regular file or block device"},
         {{"-x", std::string(4097, 'n'), img},
          "--export-name: longer than 4096 bytes (the NBD limit)"},
@@ -296,10 +266,10 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("cli: --config serves the file; global options override it") {
-    TempDir dir;
-    dir.file("a.img");
-    dir.file("b.img");
-    std::string cfg = dir.file(
+    TempDir dir("qnbd-cli");
+    dir.write("a.img");
+    dir.write("b.img");
+    std::string cfg = dir.write(
         "q.yaml",
         "listen: {host: 127.0.0.2, port: 10999}\nlog_level: warn\n"
         "exports:\n  - {name: a, path: a.img}\n  - {name: b, path: b.img, read_only: true}\n");
@@ -312,15 +282,15 @@ TEST_SUITE("cli") {
       REQUIRE(c.exports.size() == 2);
       CHECK(c.exports[1].read_only);
     }
-    std::string sock = (dir.path / "s").string();
+    std::string sock = (dir.path() / "s").string();
     Config c = config_of({"--config", cfg, "-k", sock, "--log-level", "error", "--fork",
-                          "--pid-file", (dir.path / "p").string(), "--max-connections", "9",
+                          "--pid-file", (dir.path() / "p").string(), "--max-connections", "9",
                           "--handshake-timeout", "2"});
     CHECK_FALSE(c.listen.tcp);  // the command line's listen rule replaces the file's section
     CHECK(c.listen.unix_path == sock);
     CHECK(c.log_level == LogLevel::error);
     CHECK(c.fork);
-    CHECK(c.pid_file == (dir.path / "p").string());
+    CHECK(c.pid_file == (dir.path() / "p").string());
     CHECK(c.max_connections == 9);
     CHECK(c.handshake_timeout_s == 2);
     c = config_of({"--config", cfg, "-p", "11000"});
@@ -330,9 +300,9 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("cli: --config errors") {
-    TempDir dir;
-    dir.file("a.img");
-    std::string cfg = dir.file("q.yaml", "exports:\n  - {name: a, path: a.img}\n");
+    TempDir dir("qnbd-cli");
+    dir.write("a.img");
+    std::string cfg = dir.write("q.yaml", "exports:\n  - {name: a, path: a.img}\n");
     CHECK(error_of({"--config", cfg, "a.img"}) ==
           "IMAGE 'a.img' cannot be combined with --config; list it in the file");
     CHECK(error_of({"--config", cfg, "-r"}) ==
@@ -341,10 +311,10 @@ TEST_SUITE("cli") {
           "--export-name cannot be combined with --config; set it per export in the file");
     CHECK(error_of({"--config", cfg, "--lazy-refcounts"}).find("--lazy-refcounts cannot be") == 0);
     CHECK(error_of({"--config="}) == "--config: expected a file name, got ''");
-    std::string missing = (dir.path / "none.yaml").string();
+    std::string missing = (dir.path() / "none.yaml").string();
     CHECK(error_of({"--config", missing}) ==
           missing + ": cannot read config: No such file or directory");
-    std::string bad = dir.file("bad.yaml", "exports:\n  - {name: a, path: a.img, cache: fast}\n");
+    std::string bad = dir.write("bad.yaml", "exports:\n  - {name: a, path: a.img, cache: fast}\n");
     CHECK(error_of({"-C", bad}) ==
           bad + ":2: exports[0].cache: expected writeback|none, got 'fast'");
     CHECK(error_of({"--config", cfg, "--port", "x"}) ==
@@ -352,8 +322,8 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("cli: --help, --version and --check-config") {
-    TempDir dir;
-    std::string img = dir.file("disk.img");
+    TempDir dir("qnbd-cli");
+    std::string img = dir.write("disk.img");
     CHECK(parse({"--help"}).action == CliAction::help);
     CHECK(parse({"-h"}).action == CliAction::help);
     CHECK(parse({"-r", "--help", "--port", "bad"}).action == CliAction::help);
@@ -392,8 +362,8 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("cli: parse_command_line prints help/version/check and exits 0") {
-    TempDir dir;
-    std::string img = dir.file("disk.img");
+    TempDir dir("qnbd-cli");
+    std::string img = dir.write("disk.img");
     auto [help_rc, help] = run_main({"--help"});
     CHECK(help_rc == 0);
     CHECK(help == usage_text());

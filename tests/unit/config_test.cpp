@@ -4,10 +4,12 @@
 #include "config/values.h"
 #include "config/yaml_config.h"
 
+#include "tests/lib/child.h"
+#include "tests/lib/temp_dir.h"
+
 #include <doctest/doctest.h>
 
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -18,31 +20,15 @@
 #include <sstream>
 
 namespace fs = std::filesystem;
+using qnbd::test::TempDir;
 using namespace qnbd::config;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "qnbd-config-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name,
-                   const std::string& content = std::string(4096, 'x')) const {
-    fs::path p = path / name;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p) << content;
-    return p.string();
-  }
-};
-
 // Parses `yaml` as the file "test.yaml" in `dir`; returns the error text ("" if none).
 std::string error_of(const TempDir& dir, const std::string& yaml) {
   try {
-    parse_config_text(yaml, "test.yaml", dir.path);
+    parse_config_text(yaml, "test.yaml", dir.path());
   } catch (const ConfigError& e) {
     return e.what();
   }
@@ -79,28 +65,14 @@ void replace_all(std::string& s, const std::string& from, const std::string& to)
 // file, so permission errors are checked from an unprivileged child.
 std::string problem_as_unprivileged(const std::string& path, bool read_only) {
   if (::geteuid() != 0) return image_file_problem(path, read_only);
-  int fds[2];
-  REQUIRE(::pipe(fds) == 0);
-  std::fflush(nullptr);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(2);
+  auto r = qnbd::test::run_in_child([&] {
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 2;
     std::string problem = image_file_problem(path, read_only);
-    bool written = ::write(fds[1], problem.data(), problem.size()) == ssize_t(problem.size());
-    ::_exit(written ? 0 : 3);
-  }
-  ::close(fds[1]);
-  std::string out;
-  char buf[256];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, std::size_t(n));
-  ::close(fds[0]);
-  int status = 0;
-  REQUIRE(::waitpid(pid, &status, 0) == pid);
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
-  return out;
+    std::fwrite(problem.data(), 1, problem.size(), stdout);
+    return 0;
+  });
+  REQUIRE(r.exit_code == 0);
+  return r.out;
 }
 
 Export make_export(std::string name, std::string path) {
@@ -162,9 +134,9 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("yaml: a minimal file gets the defaults") {
-    TempDir dir;
-    dir.file("a.img");
-    Config c = parse_config_text(one_export(), "test.yaml", dir.path);
+    TempDir dir("qnbd-config");
+    dir.write("a.img");
+    Config c = parse_config_text(one_export(), "test.yaml", dir.path());
     CHECK(c.listen.tcp);
     CHECK(c.listen.host == "127.0.0.1");
     CHECK(c.listen.port == 10809);
@@ -176,7 +148,7 @@ TEST_SUITE("config") {
     REQUIRE(c.exports.size() == 1);
     const Export& e = c.exports[0];
     CHECK(e.name == "a");
-    CHECK(e.path == (dir.path / "a.img").string());
+    CHECK(e.path == (dir.path() / "a.img").string());
     CHECK(e.format == Format::detect);
     CHECK_FALSE(e.read_only);
     CHECK(e.description.empty());
@@ -188,29 +160,30 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("yaml: every key is read") {
-    TempDir dir;
-    std::string img1 = dir.file("images/one.qcow2"), img2 = dir.file("two.raw");
-    std::string text = "listen: {host: '::', port: 10900, unix: " + (dir.path / "s.sock").string() +
-                       ", tcp: true}\n"
-                       "max_connections: 7\nworkers: 3\nhandshake_timeout: 3\nlog_level: debug\n"
-                       "pid_file: run/q.pid\n"
-                       "exports:\n"
-                       "  - name: vm1\n    path: images/one.qcow2\n    format: qcow2\n"
-                       "    read_only: false\n    description: \"vm1 root disk\"\n"
-                       "    cache: none\n    l2_cache_size: 32M\n    refcount_cache_size: 1M\n"
-                       "    lazy_refcounts: true\n    cache_clean_interval: 2.5\n"
-                       "  - {name: '', path: " +
-                       img2 + ", format: raw, read_only: yes, description: ~}\n";
-    Config c = parse_config_text(text, "test.yaml", dir.path);
+    TempDir dir("qnbd-config");
+    std::string img1 = dir.write("images/one.qcow2"), img2 = dir.write("two.raw");
+    std::string text =
+        "listen: {host: '::', port: 10900, unix: " + (dir.path() / "s.sock").string() +
+        ", tcp: true}\n"
+        "max_connections: 7\nworkers: 3\nhandshake_timeout: 3\nlog_level: debug\n"
+        "pid_file: run/q.pid\n"
+        "exports:\n"
+        "  - name: vm1\n    path: images/one.qcow2\n    format: qcow2\n"
+        "    read_only: false\n    description: \"vm1 root disk\"\n"
+        "    cache: none\n    l2_cache_size: 32M\n    refcount_cache_size: 1M\n"
+        "    lazy_refcounts: true\n    cache_clean_interval: 2.5\n"
+        "  - {name: '', path: " +
+        img2 + ", format: raw, read_only: yes, description: ~}\n";
+    Config c = parse_config_text(text, "test.yaml", dir.path());
     CHECK(c.listen.host == "::");
     CHECK(c.listen.port == 10900);
-    CHECK(c.listen.unix_path == (dir.path / "s.sock").string());
+    CHECK(c.listen.unix_path == (dir.path() / "s.sock").string());
     CHECK(c.listen.tcp);
     CHECK(c.max_connections == 7);
     CHECK(c.workers == 3);
     CHECK(c.handshake_timeout_s == 3);
     CHECK(c.log_level == LogLevel::debug);
-    CHECK(c.pid_file == (dir.path / "run/q.pid").string());
+    CHECK(c.pid_file == (dir.path() / "run/q.pid").string());
     REQUIRE(c.exports.size() == 2);
     const Export& a = c.exports[0];
     CHECK(a.name == "vm1");
@@ -232,29 +205,29 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("yaml: tcp false with a unix socket serves only the socket") {
-    TempDir dir;
-    dir.file("a.img");
+    TempDir dir("qnbd-config");
+    dir.write("a.img");
     Config c = parse_config_text("listen: {unix: nbd.sock, tcp: false}\n" + one_export(),
-                                 "test.yaml", dir.path);
+                                 "test.yaml", dir.path());
     CHECK_FALSE(c.listen.tcp);
-    CHECK(c.listen.unix_path == (dir.path / "nbd.sock").string());
+    CHECK(c.listen.unix_path == (dir.path() / "nbd.sock").string());
   }
 
   TEST_CASE("yaml: the shipped example parses and validates") {
-    TempDir dir;
+    TempDir dir("qnbd-config");
     std::string text = read_all(QNBD_EXAMPLE_CONFIG);
     REQUIRE(text.find("/var/lib/qnbd/") != std::string::npos);
-    replace_all(text, "/var/lib/qnbd/", (dir.path / "lib").string() + "/");
-    replace_all(text, "/run/qnbd/", (dir.path / "run").string() + "/");
-    dir.file("lib/vm1.qcow2");
-    dir.file("lib/installer.iso");
-    std::string path = dir.file("qnbd.yaml", text);
+    replace_all(text, "/var/lib/qnbd/", (dir.path() / "lib").string() + "/");
+    replace_all(text, "/run/qnbd/", (dir.path() / "run").string() + "/");
+    dir.write("lib/vm1.qcow2");
+    dir.write("lib/installer.iso");
+    std::string path = dir.write("qnbd.yaml", text);
     Config c = load_config_file(path);
     CHECK(c.config_file == path);
     CHECK(c.listen.tcp);
     CHECK(c.listen.port == 10809);
-    CHECK(c.listen.unix_path == (dir.path / "run/qnbd.sock").string());
-    CHECK(c.pid_file == (dir.path / "run/qnbd.pid").string());
+    CHECK(c.listen.unix_path == (dir.path() / "run/qnbd.sock").string());
+    CHECK(c.pid_file == (dir.path() / "run/qnbd.pid").string());
     REQUIRE(c.exports.size() == 2);
     CHECK(c.exports[0].name == "vm1");
     CHECK(c.exports[0].format == Format::qcow2);
@@ -265,8 +238,8 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("yaml: unknown keys are reported with line and the nearest key") {
-    TempDir dir;
-    dir.file("a.img");
+    TempDir dir("qnbd-config");
+    dir.write("a.img");
     CHECK(error_of(dir, "exprts:\n  - path: a.img\n") ==
           "test.yaml:1: unknown key 'exprts' (did you mean 'exports'?)");
     CHECK(error_of(dir, one_export("    readonly: true\n")) ==
@@ -282,8 +255,8 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("yaml: wrong types and values name the key and line") {
-    TempDir dir;
-    dir.file("a.img");
+    TempDir dir("qnbd-config");
+    dir.write("a.img");
     const std::pair<std::string, std::string> cases[] = {
         {"listen: {port: abc}\n", "test.yaml:1: listen.port: expected a number 1-65535, got 'abc'"},
         {"listen:\n  port: 0\n", "test.yaml:2: listen.port: expected a number 1-65535, got '0'"},
@@ -314,8 +287,8 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("yaml: bad export values name the export, key and line") {
-    TempDir dir;
-    dir.file("a.img");
+    TempDir dir("qnbd-config");
+    dir.write("a.img");
     const std::pair<std::string, std::string> cases[] = {
         {"    format: vmdk\n", "test.yaml:4: exports[0].format: expected raw|qcow2, got 'vmdk'"},
         {"    cache: directsync\n",
@@ -344,9 +317,9 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("yaml: export list problems") {
-    TempDir dir;
-    dir.file("a.img");
-    dir.file("b.img");
+    TempDir dir("qnbd-config");
+    dir.write("a.img");
+    dir.write("b.img");
     CHECK(error_of(dir, "") == "test.yaml:1: empty config; it needs at least an 'exports' list");
     CHECK(error_of(dir, "log_level: info\n") ==
           "test.yaml:1: missing 'exports' (a list of images to serve)");
@@ -369,15 +342,15 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("yaml: images must exist and be regular files or block devices") {
-    TempDir dir;
-    std::string missing = (dir.path / "missing.img").string();
+    TempDir dir("qnbd-config");
+    std::string missing = (dir.path() / "missing.img").string();
     CHECK(error_of(dir, "exports:\n  - name: a\n    path: missing.img\n") ==
           "test.yaml:3: exports[0].path: image '" + missing + "': No such file or directory");
-    fs::create_directories(dir.path / "adir");
+    fs::create_directories(dir.path() / "adir");
     CHECK(error_of(dir, "exports:\n  - path: adir\n") ==
-          "test.yaml:2: exports[0].path: image '" + (dir.path / "adir").string() +
+          "test.yaml:2: exports[0].path: image '" + (dir.path() / "adir").string() +
               "': is a directory, expected a regular file or block device");
-    std::string fifo = (dir.path / "fifo").string();
+    std::string fifo = (dir.path() / "fifo").string();
     REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
     CHECK(error_of(dir, "exports:\n\n  - path: fifo\n") ==
           "test.yaml:3: exports[0].path: image '" + fifo +
@@ -385,34 +358,34 @@ TEST_SUITE("config") {
   }
 
   TEST_CASE("yaml: syntax errors and unreadable files") {
-    TempDir dir;
+    TempDir dir("qnbd-config");
     CHECK(error_of(dir, "exports:\n  - {path: a.img\n").find("test.yaml:3: invalid YAML: ") == 0);
     CHECK(error_of(dir, "a: b\n c: d: e\n").find("test.yaml:2: invalid YAML: ") == 0);
-    std::string missing = (dir.path / "nope.yaml").string();
+    std::string missing = (dir.path() / "nope.yaml").string();
     CHECK(error_of([&] { load_config_file(missing); }) ==
           missing + ": cannot read config: No such file or directory");
-    CHECK(error_of([&] { load_config_file(dir.path.string()); }) ==
-          dir.path.string() + ": is a directory, expected a YAML file");
-    dir.file("a.img");
-    std::string path = dir.file("sub/q.yaml", "exports:\n  - path: ../a.img\n");
+    CHECK(error_of([&] { load_config_file(dir.path().string()); }) ==
+          dir.path().string() + ": is a directory, expected a YAML file");
+    dir.write("a.img");
+    std::string path = dir.write("sub/q.yaml", "exports:\n  - path: ../a.img\n");
     Config c = load_config_file(path);
-    CHECK(c.exports.at(0).path == (dir.path / "a.img").string());
+    CHECK(c.exports.at(0).path == (dir.path() / "a.img").string());
     CHECK(c.config_file == path);
   }
 
   TEST_CASE("validate: cross-field rules for any source") {
-    TempDir dir;
+    TempDir dir("qnbd-config");
     Config c;
     CHECK(error_of([&] { validate(c); }) == "no exports configured");
-    c.exports.push_back(make_export("a", dir.file("a.img")));
+    c.exports.push_back(make_export("a", dir.write("a.img")));
     validate(c);
-    c.exports.push_back(make_export("a", dir.file("b.img")));
+    c.exports.push_back(make_export("a", dir.write("b.img")));
     CHECK(error_of([&] { validate(c); }) == "duplicate export 'a' (exports 0 and 1)");
     c.exports[1].name = "b";
-    c.exports[1].path = (dir.path / "none").string();
+    c.exports[1].path = (dir.path() / "none").string();
     CHECK(error_of([&] { validate(c); }) ==
           "export 'b': image '" + c.exports[1].path + "': No such file or directory");
-    c.exports[1].path = dir.file("b.img");
+    c.exports[1].path = dir.write("b.img");
     c.exports[1].cache_clean_interval = -1;
     CHECK(error_of([&] { validate(c); }) ==
           "export 'b': cache_clean_interval must be >= 0 seconds");
@@ -424,7 +397,7 @@ TEST_SUITE("config") {
     validate(c);
     c.listen.tcp = false;
     CHECK(error_of([&] { validate(c); }) == "listen: neither TCP nor a Unix socket is enabled");
-    c.listen.unix_path = (dir.path / "s").string();
+    c.listen.unix_path = (dir.path() / "s").string();
     validate(c);
     c.listen.tcp = true;
     c.listen.port = 0;
@@ -451,9 +424,9 @@ TEST_SUITE("config") {
     CHECK(unix_path_problem(std::string(107, 'a')).empty());
     CHECK(unix_path_problem(std::string(108, 'a')).find("longer than 107 bytes") !=
           std::string::npos);
-    TempDir dir;
-    ::chmod(dir.path.c_str(), 0755);
-    std::string img = dir.file("ro.img");
+    TempDir dir("qnbd-config");
+    ::chmod(dir.path().c_str(), 0755);
+    std::string img = dir.write("ro.img");
     CHECK(image_file_problem(img, false).empty());
     ::chmod(img.c_str(), 0644);
     CHECK(problem_as_unprivileged(img, true).empty());
