@@ -2,6 +2,7 @@
 // qcow2 and raw images (no backing chain walk, as qemu-img without
 // --backing-chain).
 #include "qcow2/check/image_meta.h"
+#include "qcow2/format/bitmaps.h"
 #include "qcow2/format/endian.h"
 #include "tools/qnbd_img_common.h"
 
@@ -42,27 +43,27 @@ struct BitmapInfo {
   std::vector<std::string> flags;  // in qemu's order: "in-use", "auto"
 };
 
+// qemu-img info shows nothing of a directory it cannot read either.
 std::vector<BitmapInfo> read_bitmaps(qcow2::SyncRunner& run, io::File& file, const ImageMeta& m) {
   std::vector<BitmapInfo> out;
   const auto& b = m.header.bitmaps;
-  if (!b || b->directory_size > (64ull << 20)) return out;
+  if (!b || b->directory_size > qcow2::format::QCOW2_MAX_BITMAP_DIRECTORY_SIZE) return out;
   std::vector<std::byte> dir(b->directory_size);
   if (!run.run(file.read_at(b->directory_offset, dir))) return out;
-  std::uint64_t pos = 0;
-  for (std::uint32_t n = 0; n < b->nb_bitmaps && pos + 24 <= dir.size(); ++n) {
-    const std::byte* p = dir.data() + pos;
-    const std::uint32_t flags = qcow2::format::load_be32(p + 12);
-    const unsigned gran_bits = std::to_integer<unsigned>(p[17]);
-    const std::uint16_t name_size = qcow2::format::load_be16(p + 18);
-    const std::uint32_t extra = qcow2::format::load_be32(p + 20);
-    if (pos + 24 + extra + name_size > dir.size() || gran_bits > 63) break;
+  std::vector<qcow2::format::BitmapEntry> entries;
+  try {
+    entries = qcow2::format::parse_bitmap_directory(dir, m.header);
+  } catch (const qcow2::format::FormatError& e) {
+    std::fprintf(stderr, "qnbd-img: warning: %s\n", e.what());
+    return out;
+  }
+  for (const auto& e : entries) {
     BitmapInfo bi;
-    bi.name.assign(reinterpret_cast<const char*>(p + 24 + extra), name_size);
-    bi.granularity = 1ull << gran_bits;
-    if (flags & 1) bi.flags.push_back("in-use");
-    if (flags & 2) bi.flags.push_back("auto");
+    bi.name = e.name;
+    bi.granularity = e.granularity();
+    if (e.in_use()) bi.flags.push_back("in-use");
+    if (e.enabled()) bi.flags.push_back("auto");
     out.push_back(std::move(bi));
-    pos += (24 + std::uint64_t{extra} + name_size + 7) & ~7ull;
   }
   return out;
 }

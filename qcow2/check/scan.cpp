@@ -5,6 +5,7 @@
 // zeros, is turned into an entry that reads as zeros too, so the repaired
 // image is consistent and reads exactly what it read before.
 #include "qcow2/check/checker.h"
+#include "qcow2/format/bitmaps.h"
 
 namespace qnbd::qcow2::check {
 
@@ -258,32 +259,45 @@ bool Checker::check_l2_entry(const std::vector<std::byte>& table, std::uint64_t 
   return false;
 }
 
+// As QEMU's qcow2_check_bitmaps_refcounts: the directory, each table and
+// each data cluster hold one reference; a directory or table entry that
+// breaks the spec is a corruption.
 task<> Checker::check_bitmaps() {
   const auto& b = meta_.header.bitmaps;
   if (!b || !(meta_.header.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) co_return result<>{};
   inc_refcounts(b->directory_offset, b->directory_size);
-  if (b->directory_size > (64ull << 20) || beyond_eof(b->directory_offset, b->directory_size))
+  if (b->directory_size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE ||
+      beyond_eof(b->directory_offset, b->directory_size)) {
+    ++res_.corruptions;
     co_return result<>{};
+  }
   std::vector<std::byte> dir(b->directory_size);
   QNBD_CO_TRY(co_await file_.read_at(b->directory_offset, dir));
-  std::uint64_t pos = 0;
-  for (std::uint32_t n = 0; n < b->nb_bitmaps && pos + 24 <= dir.size(); ++n) {
-    const std::byte* p = dir.data() + pos;
-    const std::uint64_t table_offset = load_be64(p);
-    const std::uint32_t table_size = load_be32(p + 8);
-    const std::uint16_t name_size = load_be16(p + 18);
-    const std::uint32_t extra = load_be32(p + 20);
-    pos += (24 + std::uint64_t{extra} + name_size + 7) & ~7ull;
-    inc_refcounts(table_offset, std::uint64_t{table_size} * 8);
-    // qemu's BME_MAX_TABLE_SIZE bounds what a hostile directory makes us read.
-    constexpr std::uint32_t kMaxBitmapTable = 0x8000000;
-    if (table_size > kMaxBitmapTable || beyond_eof(table_offset, std::uint64_t{table_size} * 8))
+  std::vector<BitmapEntry> entries;
+  try {
+    entries = parse_bitmap_directory(dir, meta_.header);
+  } catch (const FormatError& e) {
+    say("ERROR bitmap directory: {}", e.what());
+    ++res_.corruptions;
+    co_return result<>{};
+  }
+  for (const BitmapEntry& e : entries) {
+    const std::uint64_t bytes = std::uint64_t{e.table_size} * 8;
+    inc_refcounts(e.table_offset, bytes);
+    if (beyond_eof(e.table_offset, bytes)) {
+      ++res_.corruptions;
       continue;
-    std::vector<std::byte> raw(std::uint64_t{table_size} * 8);
-    QNBD_CO_TRY(co_await file_.read_at(table_offset, raw));
-    for (std::uint32_t j = 0; j < table_size; ++j) {
-      const std::uint64_t off = load_be64(raw.data() + j * 8ull) & L2E_OFFSET_MASK;
-      if (off) inc_refcounts(off, cs());
+    }
+    std::vector<std::byte> raw(bytes);
+    QNBD_CO_TRY(co_await file_.read_at(e.table_offset, raw));
+    for (std::uint32_t j = 0; j < e.table_size; ++j) {
+      const std::uint64_t entry = load_be64(raw.data() + j * 8ull);
+      if (!bitmap_table_entry_valid(entry, cs())) {
+        ++res_.corruptions;
+        continue;
+      }
+      if (entry & BME_TABLE_ENTRY_OFFSET_MASK)
+        inc_refcounts(entry & BME_TABLE_ENTRY_OFFSET_MASK, cs());
     }
   }
   co_return result<>{};

@@ -2,6 +2,7 @@
 // close goes through (see the crash rules in image.h).
 #include "qcow2/engine/image.h"
 
+#include "common/co_try.h"
 #include "qcow2/format/endian.h"
 
 #include <spdlog/spdlog.h>
@@ -32,6 +33,7 @@ Image::Image(std::unique_ptr<io::File> file, Header header, std::vector<std::uin
       metadata_(g_.cluster_bits()),
       refcounts_(*file_, g_, header_.refcount_table_offset, header_.refcount_table_clusters,
                  std::move(reftable), cfg.refcount_cache_tables, metadata_),
+      bitmaps_(std::move(cfg.bitmaps)),
       name_(std::move(cfg.name)),
       read_only_(cfg.read_only),
       lazy_(cfg.lazy_refcounts),
@@ -51,20 +53,20 @@ result<> Image::check_writable() const {
   return {};
 }
 
-// Before the first change: autoclear bits we do not maintain (bitmaps, and
-// any unknown one) are cleared durably, as the spec requires of a writer.
+// Before the first change: autoclear bits we do not maintain (any but the
+// bitmaps bit of an image whose bitmaps we loaded) are cleared durably, as
+// the spec requires of a writer; recording bitmaps are marked in use.
 task<> Image::mark_modified() {
   if (modified_) co_return result<>{};
   auto guard = co_await meta_.lock();
   if (modified_) co_return result<>{};
-  if (header_.version >= 3 && header_.autoclear_features) {
-    spdlog::info("{}: clearing autoclear feature bits {:#x} (bitmaps are not maintained)", name_,
-                 header_.autoclear_features);
-    std::byte zero[8] = {};
-    if (auto r = co_await file_->write_at(HDR_AUTOCLEAR_FEATURES, zero); !r) co_return r;
-    if (auto r = co_await file_->sync(); !r) co_return r;
-    header_.autoclear_features = 0;
+  const std::uint64_t kept = header_.bitmaps ? QCOW2_AUTOCLEAR_BITMAPS : 0;
+  if (header_.version >= 3 && (header_.autoclear_features & ~kept)) {
+    spdlog::info("{}: clearing autoclear feature bits {:#x}", name_,
+                 header_.autoclear_features & ~kept);
+    QNBD_CO_TRY(co_await write_autoclear(header_.autoclear_features & kept));
   }
+  QNBD_CO_TRY(co_await mark_bitmaps_in_use());
   if (lazy_) {
     // Durable before the first refcount update we defer; the sync also
     // makes the current file size durable (blank clusters rely on it).
@@ -295,6 +297,7 @@ task<> Image::close() {
   if (read_only_) co_return result<>{};
   auto guard = co_await meta_.lock();
   if (auto r = co_await flush_metadata(); !r) co_return r;
+  QNBD_CO_TRY(co_await store_bitmaps());
   // Frees applied in stage 4 dirtied refcount blocks: write them too (in
   // dirty-bit mode: all deferred refcounts), then the image is clean.
   if (refcounts_.dirty())

@@ -34,6 +34,7 @@
 
 #include "backend/block_backend.h"
 #include "io/file.h"
+#include "qcow2/engine/bitmaps.h"
 #include "qcow2/engine/coro_sync.h"
 #include "qcow2/engine/inflight.h"
 #include "qcow2/engine/overlap.h"
@@ -73,6 +74,8 @@ struct ImageConfig {
   // Metadata the loader found besides L1/L2/refcounts: snapshot table and
   // snapshot L1 tables, bitmap directory ({offset, bytes}).
   std::vector<std::pair<std::uint64_t, std::uint64_t>> other_metadata;
+  // The persistent bitmaps (bitmaps.h).
+  BitmapSet bitmaps;
 };
 
 class Image {
@@ -122,6 +125,11 @@ class Image {
   // Mapping of [offset, offset+length), merged into runs (exposed for tests).
   task<std::vector<MapRun>> map_range(std::uint64_t offset, std::uint64_t length);
 
+  // Persistent bitmaps: recorded while serving, stored at close. Changes
+  // through bitmaps() (qnbd-img bitmap) are stored at close too.
+  BitmapSet& bitmaps() { return bitmaps_; }
+  const BitmapSet& bitmaps() const { return bitmaps_; }
+
  private:
   friend class Writer;
   // ---- mapping (mapping.cpp)
@@ -168,6 +176,13 @@ class Image {
   task<> grow_file_ahead(std::uint64_t used_end);
   result<> trim_file_tail();
   task<> mark_modified();
+  // ---- persistent bitmaps on disk (bitmap_store.cpp)
+  task<> write_autoclear(std::uint64_t bits);
+  std::vector<format::BitmapEntry> bitmap_entries() const;
+  task<> mark_bitmaps_in_use();
+  task<> store_bitmap(DirtyBitmap& b);
+  task<> write_bitmaps_header(std::optional<format::BitmapsExtension> ext);
+  task<> store_bitmaps();
   task<> after_update();
   result<> check_writable() const;
 
@@ -182,6 +197,7 @@ class Image {
   MetadataMap metadata_;
   Refcounts refcounts_;
   Inflight inflight_;
+  BitmapSet bitmaps_;
   AsyncMutex meta_;
   std::string name_;
   bool read_only_;

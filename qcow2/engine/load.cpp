@@ -130,6 +130,7 @@ boost::asio::awaitable<std::unique_ptr<Image>> load_image(std::unique_ptr<io::Fi
   cfg.lazy_refcounts = !read_only && h.version >= 3 &&
                        (o.lazy_refcounts || (h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS));
   cfg.other_metadata = std::move(other_metadata);
+  cfg.bitmaps = co_await BitmapSet::load(*file, h, o.name);
   const std::uint64_t cover = g.l1_entries_for(h.size);  // tables to map the whole disk
   cfg.l2_cache_tables = cache_tables(
       o.l2_cache_size, std::clamp<std::uint64_t>(cover, 16, (32ull << 20) / g.cluster_size()),

@@ -147,6 +147,15 @@ task<std::vector<HostRun>> Refcounts::allocate(std::uint64_t n) {
   co_return runs;
 }
 
+task<std::uint64_t> Refcounts::allocate_contiguous(std::uint64_t n) {
+  auto start = co_await find_free(free_index_, n, {});
+  if (!start) co_return start.error();
+  const Avoid mine{{*start, n}, {}};
+  for (std::uint64_t c = *start; c < *start + n; ++c)
+    if (auto r = co_await set(c, 1, mine); !r) co_return r.error();
+  co_return *start << g_.cluster_bits();
+}
+
 void Refcounts::defer_free_bytes(std::uint64_t host_offset, std::uint64_t bytes) {
   if (bytes) deferred_.push_back({host_offset, bytes});
 }

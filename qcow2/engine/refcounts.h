@@ -43,6 +43,9 @@ class Refcounts {
   task<> update(std::uint64_t cluster, std::int64_t delta);
   // Allocates n clusters with refcount 1, lowest free first.
   task<std::vector<HostRun>> allocate(std::uint64_t n);
+  // Allocates n adjacent clusters with refcount 1 (tables that must be
+  // contiguous, e.g. a bitmap table); returns the first one's offset.
+  task<std::uint64_t> allocate_contiguous(std::uint64_t n);
   // Frees after the next metadata flush made the dropped references durable.
   void defer_free_cluster(std::uint64_t host_offset) {
     defer_free_bytes(host_offset, g_.cluster_size());

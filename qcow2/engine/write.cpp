@@ -19,6 +19,7 @@ using namespace format;
 task<> Image::write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) {
   if (auto r = check_writable(); !r) co_return r;
   if (auto r = co_await mark_modified(); !r) co_return r;
+  bitmaps_.record(offset, buf.size());
   std::uint64_t pos = offset;
   const std::uint64_t end = offset + buf.size();
   while (pos < end) {

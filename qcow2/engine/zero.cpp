@@ -22,6 +22,7 @@ task<> Image::write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_
                            bool fua) {
   if (auto r = check_writable(); !r) co_return r;
   if (auto r = co_await mark_modified(); !r) co_return r;
+  bitmaps_.record(offset, length);
   const std::uint64_t gran = g_.subcluster_size();
   const std::uint64_t end = offset + length;
   std::uint64_t mid_start = (offset + gran - 1) / gran * gran;
@@ -133,6 +134,7 @@ task<> Image::trim(std::uint64_t offset, std::uint64_t length, bool fua) {
   // backing data, so (like QEMU) TRIM does nothing there.
   if (header_.version < 3 && backing_) co_return result<>{};
   if (auto r = co_await mark_modified(); !r) co_return r;
+  bitmaps_.record(offset, length);
   const std::uint64_t end = offset + length;
   const std::uint64_t start = g_.round_up_cluster(offset);
   const std::uint64_t stop = end == size() ? g_.round_up_cluster(end) : g_.cluster_start(end);
