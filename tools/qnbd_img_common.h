@@ -44,6 +44,7 @@ int cmd_create(const Args& args);
 int cmd_info(const Args& args);
 int cmd_map(const Args& args);
 int cmd_check(const Args& args);
+int cmd_bitmap(const Args& args);
 
 }  // namespace qnbd::img
 
