@@ -13,6 +13,8 @@ PACKAGES=(
   liburing-dev zlib1g-dev libzstd-dev libnbd-dev
   # real peers the tests talk to
   qemu-utils libnbd-bin python3-libnbd nbdkit fio systemd
+  # the VM test (tests/vm): guests, their tools, host-side ext4 checks
+  qemu-system-x86 busybox-static nbd-client e2fsprogs
 )
 
 install_deps() {
@@ -50,6 +52,7 @@ serve() {
 
 run_tests() {
   install_deps
+  tests/vm/fetch_kernel.sh var/vm >/dev/null # the kernel the VM test boots
   build build-release --buildtype=release
   build build-asan --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1"
