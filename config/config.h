@@ -3,6 +3,7 @@
 // run validate() so the same rules hold whatever the source.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -20,6 +21,19 @@ struct ConfigError : std::runtime_error {
 enum class Format { detect, raw, qcow2 };
 enum class CacheMode { writeback, none };
 enum class LogLevel { trace, debug, info, warn, error };
+enum class TlsMode { off, on, require };
+
+// One entry of an export's `allow:` list (grammar in config/access.h).
+struct AllowRule {
+  enum class Kind { address, uid, dn, psk };
+  Kind kind = Kind::address;
+  // address: IPv6 form (IPv4 as ::ffff:a.b.c.d) and prefix length over 128 bits
+  std::array<unsigned char, 16> addr{};
+  unsigned prefix = 0;
+  std::uint32_t uid = 0;
+  std::string name;  // dn (normalised) or PSK user name
+  std::string text;  // as written, for messages
+};
 
 struct Export {
   std::string name;  // "" is the default export
@@ -34,6 +48,17 @@ struct Export {
   bool lazy_refcounts = false;
   // Seconds a dirty metadata cache may stay unwritten while idle.
   double cache_clean_interval = 5.0;
+  // Empty: every client may use the export; else a client matching any rule.
+  std::vector<AllowRule> allow;
+};
+
+// TLS of a listener (server/tls_context.h). Without an explicit mode, TLS is
+// required as soon as credentials are given (effective_mode in access.h).
+struct Tls {
+  std::optional<TlsMode> mode;
+  std::string certificates;  // directory: ca-cert.pem, server-cert.pem, server-key.pem
+  std::string psk_file;      // psktool's username:hexkey lines
+  bool verify_peer = false;  // require a client certificate signed by ca-cert.pem
 };
 
 struct Listen {
@@ -41,6 +66,7 @@ struct Listen {
   bool tcp = true;
   std::string host = "127.0.0.1";
   std::uint16_t port = 10809;
+  Tls tls;
 };
 
 struct Config {

@@ -1,5 +1,7 @@
 #include "config/validate.h"
 
+#include "config/access.h"
+
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -31,6 +33,7 @@ void check_listen(const Listen& l) {
   if (l.unix_path)
     if (auto p = unix_path_problem(*l.unix_path); !p.empty())
       throw ConfigError("listen: unix: " + p);
+  if (auto p = tls_problem(l.tls); !p.empty()) throw ConfigError("listen: tls: " + p);
 }
 
 void check_export(const Export& e) {
@@ -102,6 +105,8 @@ void validate(const Config& cfg) {
       throw ConfigError("duplicate " + export_label(e) + " (exports " + std::to_string(it->second) +
                         " and " + std::to_string(i) + ")");
     check_export(e);
+    if (auto p = allow_problem(e, cfg.listen.tls); !p.empty())
+      throw ConfigError(export_label(e) + ": " + p);
   }
 }
 

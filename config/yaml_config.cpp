@@ -1,5 +1,6 @@
 #include "config/yaml_config.h"
 
+#include "config/access.h"
 #include "config/validate.h"
 #include "config/values.h"
 
@@ -129,7 +130,20 @@ struct Reader {
   void check_export(const YAML::Node& map, const std::string& where, const Export& e) const;
 };
 
-const std::array<Field<Listen>, 4> listen_fields{{
+const std::array<Field<Tls>, 4> tls_fields{{
+    {"mode",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Tls& t) {
+       t.mode = r.scalar(n, w, [](const std::string& s) { return parse_tls_mode(s); });
+     }},
+    {"certificates", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                        Tls& t) { t.certificates = r.path(n, w); }},
+    {"psk_file", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                    Tls& t) { t.psk_file = r.path(n, w); }},
+    {"verify_peer", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                       Tls& t) { t.verify_peer = r.boolean(n, w); }},
+}};
+
+const std::array<Field<Listen>, 5> listen_fields{{
     {"host",
      [](const Reader& r, const YAML::Node& n, const std::string& w, Listen& l) {
        l.host = r.string(n, w);
@@ -145,9 +159,31 @@ const std::array<Field<Listen>, 4> listen_fields{{
      }},
     {"tcp", [](const Reader& r, const YAML::Node& n, const std::string& w,
                Listen& l) { l.tcp = r.boolean(n, w); }},
+    {"tls",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Listen& l) {
+       r.read_map(n, w, tls_fields, l.tls);
+       if (auto p = tls_problem(l.tls); !p.empty()) r.fail(n, w + ": " + p);
+     }},
 }};
 
-const std::array<Field<Export>, 10> export_fields{{
+// `allow:` entries are rule strings, or one-key maps ({dn: "CN=x"}) so that
+// subjects need no quoting around their prefix.
+void read_allow(const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
+  if (!n.IsSequence()) r.fail(n, w + ": expected a list of rules, got " + Reader::kind(n));
+  for (std::size_t i = 0; i < n.size(); ++i) {
+    const YAML::Node& item = n[i];
+    const std::string at = w + "[" + std::to_string(i) + "]";
+    std::string text;
+    if (item.IsMap() && item.size() == 1)
+      text = item.begin()->first.as<std::string>() + ":" + r.string(item.begin()->second, at);
+    else
+      text = r.string(item, at);
+    e.allow.push_back(r.scalar(item.IsMap() ? item.begin()->second : item, at,
+                               [&](const std::string&) { return parse_allow_rule(text); }));
+  }
+}
+
+const std::array<Field<Export>, 11> export_fields{{
     {"name", [](const Reader& r, const YAML::Node& n, const std::string& w,
                 Export& e) { e.name = r.nbd_string(n, w); }},
     {"path", [](const Reader& r, const YAML::Node& n, const std::string& w,
@@ -181,6 +217,7 @@ const std::array<Field<Export>, 10> export_fields{{
        e.cache_clean_interval = r.scalar(
            n, w, [](const std::string& s) { return parse_seconds(s, max_clean_interval); });
      }},
+    {"allow", read_allow},
 }};
 
 const std::array<Field<Config>, 7> config_fields{{

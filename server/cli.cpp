@@ -1,5 +1,6 @@
 #include "server/cli.h"
 
+#include "config/access.h"
 #include "config/validate.h"
 #include "config/values.h"
 #include "config/yaml_config.h"
@@ -75,6 +76,14 @@ const Option options[] = {
      [](Targets& t, std::string_view v) {
        t.listen.port = static_cast<std::uint16_t>(config::parse_uint(v, 1, 65535));
      }},
+    {0, "tls", "MODE", Scope::global,
+     [](Targets& t, std::string_view v) { t.cfg.listen.tls.mode = config::parse_tls_mode(v); }},
+    {0, "tls-certificates", "DIR", Scope::global,
+     [](Targets& t, std::string_view v) { t.cfg.listen.tls.certificates = checked_path(v); }},
+    {0, "tls-psk", "FILE", Scope::global,
+     [](Targets& t, std::string_view v) { t.cfg.listen.tls.psk_file = checked_path(v); }},
+    {0, "tls-verify-peer", "", Scope::global,
+     [](Targets& t, std::string_view) { t.cfg.listen.tls.verify_peer = true; }},
     {'x', "export-name", "NAME", Scope::per_export,
      [](Targets& t, std::string_view v) { t.exp.name = nbd_string(v); }},
     {'D', "description", "TEXT", Scope::per_export,
@@ -239,8 +248,9 @@ void apply(const Option& o, const std::string& value, Targets& t) {
 
 // qemu-nbd's rule: -k alone serves only the Unix socket; -k with -b or -p
 // serves both; none of them serves TCP on the defaults.
-config::Listen make_listen(const ListenOptions& l) {
+config::Listen make_listen(const ListenOptions& l, config::Tls tls) {
   config::Listen out;
+  out.tls = std::move(tls);
   out.unix_path = l.unix_path;
   out.tcp = !l.unix_path || l.host || l.port;
   if (l.host) out.host = *l.host;
@@ -286,7 +296,7 @@ config::Config build(const Parsed& p) {
   } else {
     cfg.exports.push_back(single_export(p, exp));
   }
-  if (listen_given(listen) || !p.config_file) cfg.listen = make_listen(listen);
+  if (listen_given(listen) || !p.config_file) cfg.listen = make_listen(listen, cfg.listen.tls);
   try {
     config::validate(cfg);
   } catch (const ConfigError& e) {
@@ -328,6 +338,13 @@ Export (single-image mode only; with --config set them per export):
       --refcount-cache-size=SIZE  qcow2 refcount block cache in bytes
       --lazy-refcounts       defer refcount writes (qcow2 dirty-bit mode)
       --cache-clean-interval=SECONDS  write back idle dirty metadata after this
+
+TLS (STARTTLS; files as qemu's tls-creds-x509 and nbdkit read them):
+      --tls=off|on|require   on: offer TLS; require: refuse clients without it
+                             (default: require when credentials are given)
+      --tls-certificates=DIR ca-cert.pem, server-cert.pem, server-key.pem
+      --tls-verify-peer      require a client certificate signed by ca-cert.pem
+      --tls-psk=FILE         pre-shared keys, psktool's username:hexkey lines
 
 Server:
   -C, --config=FILE          serve the exports of a YAML file

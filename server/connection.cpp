@@ -1,9 +1,10 @@
 #include "server/connection.h"
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/read.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cstring>
@@ -19,6 +20,25 @@ constexpr auto use_tuple = boost::asio::as_tuple(boost::asio::use_awaitable);
 Connection::Connection(Socket socket, std::string peer)
     : socket_(std::move(socket)), peer_(std::move(peer)), buf_(kReceiveBuffer) {}
 
+boost::asio::awaitable<std::pair<error_code, std::size_t>> Connection::read_some(
+    std::span<std::byte> out) {
+  if (tls_) co_return co_await tls_->read_some(socket_, out);
+  auto [ec, n] =
+      co_await socket_.async_read_some(boost::asio::buffer(out.data(), out.size()), use_tuple);
+  co_return std::pair{ec, n};
+}
+
+boost::asio::awaitable<error_code> Connection::start_tls(
+    std::shared_ptr<const TlsCredentials> creds) {
+  if (end_ > begin_)
+    spdlog::info("{}: discarding {} bytes sent in the clear after STARTTLS", peer_, end_ - begin_);
+  begin_ = end_ = 0;
+  auto stream = TlsStream::open(std::move(creds), socket_);
+  if (!stream) co_return stream.error();
+  tls_ = std::move(*stream);
+  co_return co_await tls_->accept(socket_);
+}
+
 boost::asio::awaitable<error_code> Connection::read_exact(std::span<std::byte> out) {
   if (out.empty()) co_return error_code{};
   std::size_t got = std::min(out.size(), end_ - begin_);
@@ -30,13 +50,15 @@ boost::asio::awaitable<error_code> Connection::read_exact(std::span<std::byte> o
   // Large payloads go straight into the caller's buffer; small reads refill
   // our buffer so that the following requests need no syscall.
   if (out.size() >= buf_.size() / 2) {
-    auto [ec, n] = co_await boost::asio::async_read(
-        socket_, boost::asio::buffer(out.data(), out.size()), use_tuple);
-    co_return ec;
+    while (!out.empty()) {
+      auto [ec, n] = co_await read_some(out);
+      if (ec) co_return ec;
+      out = out.subspan(n);
+    }
+    co_return error_code{};
   }
   while (!out.empty()) {
-    auto [ec, n] = co_await socket_.async_read_some(
-        boost::asio::buffer(buf_.data() + end_, buf_.size() - end_), use_tuple);
+    auto [ec, n] = co_await read_some(std::span(buf_.data() + end_, buf_.size() - end_));
     if (ec) co_return ec;
     end_ += n;
     std::size_t take = std::min(out.size(), end_ - begin_);
@@ -59,14 +81,14 @@ boost::asio::awaitable<error_code> Connection::skip(std::size_t n) {
 
 boost::asio::awaitable<error_code> Connection::write_all(
     std::span<const boost::asio::const_buffer> bufs) {
+  if (tls_) co_return co_await tls_->write(socket_, bufs);
   auto [ec, n] = co_await boost::asio::async_write(socket_, bufs, use_tuple);
   co_return ec;
 }
 
 boost::asio::awaitable<error_code> Connection::write_all(std::span<const std::byte> bytes) {
-  auto [ec, n] = co_await boost::asio::async_write(
-      socket_, boost::asio::buffer(bytes.data(), bytes.size()), use_tuple);
-  co_return ec;
+  const boost::asio::const_buffer one(bytes.data(), bytes.size());
+  co_return co_await write_all(std::span(&one, 1));
 }
 
 void Connection::shutdown_receive() {
@@ -82,10 +104,12 @@ error_code Connection::rebind(boost::asio::io_context& ctx) {
   if (ec) return ec;
   socket_ = Socket(ctx);
   socket_.assign(protocol, fd, ec);
+  if (!ec && tls_) socket_.non_blocking(true, ec);  // OpenSSL reads the descriptor itself
   return ec;
 }
 
 void Connection::close() {
+  if (tls_) tls_->close_notify();
   error_code ignored;
   socket_.shutdown(Socket::shutdown_both, ignored);
   socket_.close(ignored);

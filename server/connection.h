@@ -1,9 +1,14 @@
 // A client socket (TCP or Unix, behind one generic type) with a receive
 // buffer, so many small requests are taken from one receive. Errors come back
 // as values; any error means the connection is finished.
+//
+// The transport below the buffer is chosen once: the plain socket, or after
+// start_tls() a TlsStream (which with kernel TLS is the plain socket again
+// for application data; tls()->summary() says which).
 #pragma once
 
 #include "common/result.h"
+#include "server/tls_stream.h"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/buffer.hpp>
@@ -11,6 +16,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,6 +36,12 @@ class Connection {
   boost::asio::awaitable<error_code> write_all(std::span<const boost::asio::const_buffer> bufs);
   boost::asio::awaitable<error_code> write_all(std::span<const std::byte> bytes);
 
+  // NBD_OPT_STARTTLS, after its ACK: drops every byte received so far (sent
+  // in the clear after the option, so never to be read as if protected:
+  // CVE-2021-3716) and runs the server side of the TLS handshake.
+  boost::asio::awaitable<error_code> start_tls(std::shared_ptr<const TlsCredentials> creds);
+  const TlsStream* tls() const { return tls_.get(); }
+
   // Makes a pending read return end-of-file so the receive loop winds down
   // while replies can still be sent.
   void shutdown_receive();
@@ -43,7 +55,10 @@ class Connection {
 
  private:
   Socket socket_;
+  boost::asio::awaitable<std::pair<error_code, std::size_t>> read_some(std::span<std::byte> out);
+
   std::string peer_;
+  std::unique_ptr<TlsStream> tls_;
   std::vector<std::byte> buf_;
   std::size_t begin_ = 0, end_ = 0;
 };

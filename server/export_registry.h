@@ -3,6 +3,7 @@
 #pragma once
 
 #include "backend/block_backend.h"
+#include "config/config.h"
 
 #include <boost/asio/io_context.hpp>
 
@@ -21,6 +22,7 @@ struct Export {
   std::uint64_t size = 0;
   unsigned connections = 0;                 // touched on the main thread only
   boost::asio::io_context* home = nullptr;  // the worker that owns the backend
+  std::vector<config::AllowRule> allow;     // who may use it (server/authz.h)
 };
 
 class ExportRegistry {

@@ -1,5 +1,6 @@
 #include "server/handshake.h"
 
+#include "server/authz.h"
 #include "server/protocol.h"
 
 #include <spdlog/spdlog.h>
@@ -22,7 +23,8 @@ enum class Step { next, done, close };
 
 class Handshake {
  public:
-  Handshake(Connection& conn, ExportRegistry& exports) : conn_(conn), exports_(exports) {}
+  Handshake(Connection& conn, ExportRegistry& exports, const TlsContext* tls)
+      : conn_(conn), exports_(exports), tls_(tls), who_(identify(conn.socket())) {}
 
   awaitable<std::optional<Negotiated>> run();
 
@@ -33,6 +35,13 @@ class Handshake {
   awaitable<Step> opt_info_go(std::uint32_t opt, std::span<const std::byte> data);
   awaitable<Step> opt_structured_reply(std::uint32_t opt, std::span<const std::byte> data);
   awaitable<Step> opt_meta_context(std::uint32_t opt, std::span<const std::byte> data);
+  awaitable<Step> opt_starttls(std::uint32_t opt, std::span<const std::byte> data);
+  // TLS required but not in use: only STARTTLS and ABORT go further.
+  bool tls_missing(std::uint32_t opt) const;
+  awaitable<Step> refuse_plaintext(std::uint32_t opt);
+  // The export `name` when it exists and this client may use it; a refusal
+  // is logged when `log` is set.
+  Export* find_permitted(std::string_view name, bool log = false);
 
   awaitable<bool> reply(std::uint32_t opt, std::uint32_t type, std::span<const std::byte> body);
   awaitable<bool> error(std::uint32_t opt, std::uint32_t type, std::string_view message);
@@ -42,6 +51,8 @@ class Handshake {
 
   Connection& conn_;
   ExportRegistry& exports_;
+  const TlsContext* tls_;
+  PeerIdentity who_;
   bool no_zeroes_ = false;
   bool structured_ = false;
   // base:allocation selected by SET_META_CONTEXT, valid only for this export
@@ -127,6 +138,7 @@ Negotiated Handshake::finish(Export& e) {
 awaitable<Step> Handshake::opt_export_name(std::span<const std::byte> data) {
   std::string_view name(reinterpret_cast<const char*>(data.data()), data.size());
   Export* e = exports_.find(name);
+  if (e && !find_permitted(name, true)) co_return Step::close;
   if (!e) {  // EXPORT_NAME cannot fail gracefully: the spec says disconnect
     spdlog::info("{}: unknown export '{}' requested", conn_.peer(), name.substr(0, 256));
     co_return Step::close;
@@ -145,6 +157,7 @@ awaitable<Step> Handshake::opt_list(std::uint32_t opt, std::span<const std::byte
     co_return co_await error(opt, NBD_REP_ERR_INVALID, "LIST takes no data") ? Step::next
                                                                              : Step::close;
   for (const auto& e : exports_.all()) {
+    if (!find_permitted(e->name)) continue;  // not even its name is shown
     std::vector<std::byte> b(4);
     put32(b.data(), static_cast<std::uint32_t>(e->name.size()));
     auto n = std::as_bytes(std::span(e->name.data(), e->name.size()));
@@ -164,6 +177,10 @@ awaitable<Step> Handshake::opt_info_go(std::uint32_t opt, std::span<const std::b
   Export* e = exports_.find(req->name);
   if (!e)
     co_return co_await error(opt, NBD_REP_ERR_UNKNOWN, "export '" + req->name + "' not found")
+        ? Step::next
+        : Step::close;
+  if (!find_permitted(req->name, true))
+    co_return co_await error(opt, NBD_REP_ERR_POLICY, "not allowed to use this export")
         ? Step::next
         : Step::close;
   auto wants = [&](std::uint16_t t) {
@@ -209,7 +226,7 @@ awaitable<Step> Handshake::opt_meta_context(std::uint32_t opt, std::span<const s
     co_return co_await error(opt, NBD_REP_ERR_INVALID, "structured replies not negotiated")
         ? Step::next
         : Step::close;
-  if (!exports_.find(req->export_name))
+  if (!find_permitted(req->export_name))
     co_return co_await error(opt, NBD_REP_ERR_UNKNOWN,
                              "export '" + req->export_name + "' not found")
         ? Step::next
@@ -229,6 +246,59 @@ awaitable<Step> Handshake::opt_meta_context(std::uint32_t opt, std::span<const s
   co_return co_await ack(opt) ? Step::next : Step::close;
 }
 
+Export* Handshake::find_permitted(std::string_view name, bool log) {
+  Export* e = exports_.find(name);
+  if (!e) return nullptr;
+  std::string why = refusal(e->allow, who_);
+  if (why.empty()) return e;
+  if (log) spdlog::info("{}: export '{}' refused: {}", conn_.peer(), e->name.substr(0, 256), why);
+  return nullptr;
+}
+
+bool Handshake::tls_missing(std::uint32_t opt) const {
+  return tls_ && tls_->mode() == config::TlsMode::require && !conn_.tls() &&
+         opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT;
+}
+
+awaitable<Step> Handshake::refuse_plaintext(std::uint32_t opt) {
+  if (opt == NBD_OPT_EXPORT_NAME) {  // cannot carry an error: disconnect
+    spdlog::info("{}: EXPORT_NAME without TLS, which this server requires; closing", conn_.peer());
+    co_return Step::close;
+  }
+  co_return co_await error(opt, NBD_REP_ERR_TLS_REQD, "TLS is required (use STARTTLS)")
+      ? Step::next
+      : Step::close;
+}
+
+awaitable<Step> Handshake::opt_starttls(std::uint32_t opt, std::span<const std::byte> data) {
+  const char* problem = !tls_           ? "TLS is not enabled on this server"
+                        : conn_.tls()   ? "TLS is already in use"
+                        : !data.empty() ? "STARTTLS takes no data"
+                                        : nullptr;
+  if (problem)
+    co_return co_await error(opt, tls_ ? NBD_REP_ERR_INVALID : NBD_REP_ERR_UNSUP, problem)
+        ? Step::next
+        : Step::close;
+  if (!co_await ack(opt)) co_return Step::close;
+  if (auto ec = co_await conn_.start_tls(tls_->current())) {
+    std::string detail = conn_.tls() ? conn_.tls()->failure_detail() : std::string();
+    spdlog::info("{}: TLS handshake failed: {}{}{}", conn_.peer(), ec.message(),
+                 detail.empty() ? "" : "; ", detail);
+    co_return Step::close;
+  }
+  const TlsSummary& t = conn_.tls()->summary();
+  who_.dn = t.subject;
+  who_.psk_user = t.psk_user;
+  // Nothing negotiated in the clear carries over into the protected session.
+  structured_ = false;
+  meta_export_.reset();
+  spdlog::debug("{}: {} {}{}{}; kernel TLS send {}, receive {}", conn_.peer(), t.version, t.cipher,
+                t.subject.empty() ? "" : ", subject " + t.subject,
+                t.psk_user.empty() ? "" : ", PSK user " + t.psk_user, t.kernel_send ? "on" : "off",
+                t.kernel_receive ? "on" : "off");
+  co_return Step::next;
+}
+
 awaitable<Step> Handshake::option(std::uint32_t opt, std::span<const std::byte> data) {
   switch (opt) {
     case NBD_OPT_EXPORT_NAME:
@@ -243,6 +313,8 @@ awaitable<Step> Handshake::option(std::uint32_t opt, std::span<const std::byte> 
     case NBD_OPT_LIST_META_CONTEXT:
     case NBD_OPT_SET_META_CONTEXT:
       return opt_meta_context(opt, data);
+    case NBD_OPT_STARTTLS:
+      return opt_starttls(opt, data);
     default:
       break;
   }
@@ -287,7 +359,12 @@ awaitable<std::optional<Negotiated>> Handshake::run() {
     }
     data.resize(head->length);
     if (co_await conn_.read_exact(data)) co_return std::nullopt;
-    Step s = co_await option(head->option, data);
+    // Two statements: GCC 12 miscompiles co_await on a conditional expression.
+    Step s = Step::close;
+    if (tls_missing(head->option))
+      s = co_await refuse_plaintext(head->option);
+    else
+      s = co_await option(head->option, data);
     if (s == Step::close) co_return std::nullopt;
     if (s == Step::done) co_return result_;
   }
@@ -297,8 +374,9 @@ awaitable<std::optional<Negotiated>> Handshake::run() {
 
 }  // namespace
 
-awaitable<std::optional<Negotiated>> negotiate(Connection& conn, ExportRegistry& exports) {
-  Handshake h(conn, exports);
+awaitable<std::optional<Negotiated>> negotiate(Connection& conn, ExportRegistry& exports,
+                                               const TlsContext* tls) {
+  Handshake h(conn, exports, tls);
   co_return co_await h.run();
 }
 

@@ -4,6 +4,7 @@
 
 #include "server/connection.h"
 #include "server/export_registry.h"
+#include "server/tls_context.h"
 
 #include <boost/asio/awaitable.hpp>
 
@@ -21,8 +22,10 @@ struct Negotiated {
 std::uint16_t transmission_flags(const Export& e);
 
 // nullopt: the client aborted, disconnected or violated the protocol; the
-// caller closes the connection.
+// caller closes the connection. `tls` is the listener's TLS setup, null when
+// TLS is off.
 boost::asio::awaitable<std::optional<Negotiated>> negotiate(Connection& conn,
-                                                            ExportRegistry& exports);
+                                                            ExportRegistry& exports,
+                                                            const TlsContext* tls = nullptr);
 
 }  // namespace qnbd::server

@@ -74,6 +74,7 @@ void open_exports(server::Workers& workers, const config::Config& cfg,
     std::unique_ptr<BlockBackend> backend;
     run_sync(workers.context(w), open_one(workers.ring(w), e, backend));
     auto& x = exports.add(e.name, e.description, std::move(backend), workers.context(w));
+    x.allow = e.allow;
     spdlog::info("export '{}': {} ({} bytes{})", x.name, e.path, x.size,
                  x.caps.read_only ? ", read-only" : "");
   }

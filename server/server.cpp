@@ -1,5 +1,7 @@
 #include "server/server.h"
 
+#include "config/access.h"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -24,6 +26,9 @@ Server::Server(boost::asio::io_context& ctx, const config::Config& cfg, ExportRe
       exports_(exports),
       workers_(workers),
       listeners_(std::move(listeners)),
+      tls_(config::effective_mode(cfg.listen.tls) == config::TlsMode::off
+               ? nullptr
+               : std::make_unique<TlsContext>(cfg.listen.tls)),
       load_(workers.size(), 0),
       idle_(ctx) {}
 
@@ -80,7 +85,7 @@ awaitable<void> Server::serve(Socket s) {
   Connection conn(std::move(s), peer);
   handshaking_.insert(&conn);
   boost::asio::steady_timer limit(ctx_, std::chrono::seconds(cfg_.handshake_timeout_s));
-  auto outcome = co_await (negotiate(conn, exports_) ||
+  auto outcome = co_await (negotiate(conn, exports_, tls_.get()) ||
                            limit.async_wait(boost::asio::as_tuple(use_awaitable)));
   handshaking_.erase(&conn);
   std::optional<Negotiated> neg;

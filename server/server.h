@@ -9,6 +9,7 @@
 #include "server/export_registry.h"
 #include "server/listener.h"
 #include "server/session.h"
+#include "server/tls_context.h"
 #include "server/workers.h"
 
 #include <boost/asio/awaitable.hpp>
@@ -30,6 +31,10 @@ class Server {
   // (writing back its caches). Safe to call once.
   boost::asio::awaitable<void> shutdown();
   const Listeners& listeners() const { return listeners_; }
+  // SIGHUP: re-reads the TLS certificates and keys (no-op without TLS).
+  void reload_tls() {
+    if (tls_) tls_->reload();
+  }
 
  private:
   boost::asio::awaitable<void> accept_loop(Acceptor& a);
@@ -42,6 +47,7 @@ class Server {
   ExportRegistry& exports_;
   Workers& workers_;
   Listeners listeners_;
+  std::unique_ptr<TlsContext> tls_;  // null when TLS is off
   unsigned connections_ = 0;
   bool stopping_ = false;
   std::set<Connection*> handshaking_;
