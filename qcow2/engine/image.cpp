@@ -33,6 +33,7 @@ Image::Image(std::unique_ptr<io::File> file, Header header, std::vector<std::uin
       metadata_(g_.cluster_bits()),
       refcounts_(*file_, g_, header_.refcount_table_offset, header_.refcount_table_clusters,
                  std::move(reftable), cfg.refcount_cache_tables, metadata_),
+      guard_(refcounts_, metadata_, g_, [this](const std::string& why) { return corrupt(why); }),
       bitmaps_(std::move(cfg.bitmaps)),
       name_(std::move(cfg.name)),
       read_only_(cfg.read_only),

@@ -35,6 +35,7 @@
 #include "backend/block_backend.h"
 #include "io/file.h"
 #include "qcow2/engine/bitmaps.h"
+#include "qcow2/engine/cluster_guard.h"
 #include "qcow2/engine/coro_sync.h"
 #include "qcow2/engine/inflight.h"
 #include "qcow2/engine/overlap.h"
@@ -136,12 +137,9 @@ class Image {
   task<std::shared_ptr<Table>> l2_table_for(std::uint64_t guest);  // null if none
   result<MapKind> classify(const format::L2Entry& e, unsigned sc, std::uint64_t& host) const;
   error_code corrupt(const std::string& what);
-  // Data about to be written over a host range that holds metadata?
+  // An allocation that would have given out metadata.
   error_code alloc_error(const error_code& e) {
     return e == errc::corrupt_image ? corrupt("allocation would overwrite metadata") : e;
-  }
-  bool hits_metadata(std::uint64_t host, std::uint64_t bytes) const {
-    return metadata_.overlaps(host, bytes);
   }
   // The L2 entries of guest clusters c0..c1 (one table) changed.
   void mark_l2_dirty(Table& t, std::uint64_t c0, std::uint64_t c1) {
@@ -196,6 +194,7 @@ class Image {
   TableCache l2_cache_;
   MetadataMap metadata_;
   Refcounts refcounts_;
+  ClusterGuard guard_;
   Inflight inflight_;
   BitmapSet bitmaps_;
   AsyncMutex meta_;

@@ -1,6 +1,7 @@
 // Guest → host mapping from the L1/L2 tables: runs of subclusters of one
 // kind, merged while the host side stays contiguous. Entries are validated
 // here, at use, because images are untrusted.
+#include "common/co_try.h"
 #include "qcow2/engine/image.h"
 
 #include <spdlog/spdlog.h>
@@ -23,7 +24,10 @@ task<std::shared_ptr<Table>> Image::l2_table_for(std::uint64_t guest) {
   if (off == 0) co_return std::shared_ptr<Table>{};
   if (!g_.cluster_aligned(off) || l1_reserved_bits_set(e))
     co_return corrupt(fmt::format("L1 entry {} is invalid ({:#x})", i, e));
-  co_return co_await l2_cache_.get(off);
+  auto t = co_await l2_cache_.get(off);
+  if (t && !read_only_ && !corrupt_)
+    QNBD_CO_TRY(co_await guard_.first_use(**t, i * g_.l2_coverage()));
+  co_return t;
 }
 
 // Kind of subcluster `sc` of entry `e`; for Data, `host` gets the host

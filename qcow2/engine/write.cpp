@@ -7,6 +7,7 @@
 // data, zeros) using ONE read of old data (none when it reads as zeros) and
 // ONE write of old + new data together per host-contiguous extent. The L2
 // entries are linked only after that data is written (rule 1).
+#include "common/co_try.h"
 #include "qcow2/engine/cow_plan.h"
 #include "qcow2/engine/image.h"
 
@@ -71,10 +72,9 @@ task<> Image::write_piece(std::uint64_t offset, std::span<const std::byte> buf) 
       co_await inflight_.changed();
       continue;
     }
-    for (std::uint64_t h : hosts)
-      if (in_place && hits_metadata(h, g_.cluster_size()))
-        co_return corrupt(
-            fmt::format("data write to host cluster {:#x} would overwrite metadata", h));
+    if (in_place)
+      for (std::uint64_t c = c0; c <= c1; ++c)
+        QNBD_CO_TRY(co_await guard_.rewrite_data(hosts[c - c0], c << g_.cluster_bits()));
     if (in_place) co_return co_await write_in_place(offset, buf, hosts);
     co_return co_await write_allocating(offset, buf);
   }
@@ -105,11 +105,17 @@ task<std::shared_ptr<Table>> Image::writable_l2(std::uint64_t guest) {
   const std::uint64_t i = g_.l1_index(guest);
   const std::uint64_t e = l1_[i];
   const std::uint64_t old = l1_l2_offset(e);
-  if (old && l1_copied(e)) co_return co_await l2_table_for(guest);
+  if (old && l1_copied(e)) {
+    QNBD_CO_TRY(co_await guard_.rewrite_table(old));
+    co_return co_await l2_table_for(guest);
+  }
+  if (old) QNBD_CO_TRY(co_await guard_.unlink_table(old));
   auto runs = co_await refcounts_.allocate(1);
   if (!runs) co_return alloc_error(runs.error());
+  guard_.given_out(*runs);
   const std::uint64_t fresh = runs->front().offset;
   auto t = l2_cache_.create(fresh);
+  guard_.table_is_ours(fresh);
   metadata_.add(fresh, g_.cluster_size());
   if (old) {
     // Shared with a snapshot: our own copy; the old table loses a reference
@@ -138,12 +144,14 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
     const L2Entry e = load_l2(g_, (*table)->data.data(), g_.l2_index(c << g_.cluster_bits()));
     if (!plan.add_cluster(e)) co_return corrupt(fmt::format("invalid L2 entry {:#x}", e.entry));
   }
-  for (const ClusterPlan& p : plan.clusters())
-    if (p.keep && hits_metadata(p.host, g_.cluster_size()))
-      co_return corrupt(
-          fmt::format("data write to host cluster {:#x} would overwrite metadata", p.host));
+  for (const ClusterPlan& p : plan.clusters()) {
+    if (p.keep) QNBD_CO_TRY(co_await guard_.rewrite_data(p.host, p.guest));
+    if (p.free_old_cluster || p.free_old_compressed)
+      QNBD_CO_TRY(co_await guard_.unlink_data(p.old_entry, p.guest));
+  }
   auto runs = co_await refcounts_.allocate(plan.new_clusters());
   if (!runs) co_return alloc_error(runs.error());
+  guard_.given_out(*runs);
   plan.assign_hosts(*runs);
   plan.skip_blank_fill(
       [this](const ClusterPlan& p) { return reads_as_zero(p.old_entry, p.guest); });

@@ -99,7 +99,9 @@ task<> Image::zero_piece(std::uint64_t offset, std::uint64_t length, bool unmap)
   std::vector<std::pair<std::uint64_t, std::uint64_t>> partial_compressed;
   auto table = co_await writable_l2(offset);
   if (!table) co_return table.error();
-  for (std::uint64_t c = c0; c <= c1; ++c) {
+  result<> checked;
+  std::uint64_t c = c0;
+  for (; c <= c1; ++c) {
     const std::uint64_t cstart = c << g_.cluster_bits();
     const std::uint64_t a = std::max(offset, cstart) - cstart;
     const std::uint64_t b = std::min(offset + length, cstart + g_.cluster_size()) - cstart;
@@ -112,6 +114,7 @@ task<> Image::zero_piece(std::uint64_t offset, std::uint64_t length, bool unmap)
     bool free_old = false;
     const L2Entry n =
         zeroed_entry(g_, e, a, b, unmap, backing_ != nullptr, header_.version >= 3, free_old);
+    if (free_old && !(checked = co_await guard_.unlink_data(e, cstart))) break;
     store_l2(g_, (*table)->data.data(), idx, n);
     if (free_old && l2_compressed(e)) {
       const CompressedDescriptor d = decode_compressed(g_, e);
@@ -120,7 +123,9 @@ task<> Image::zero_piece(std::uint64_t offset, std::uint64_t length, bool unmap)
       refcounts_.defer_free_cluster(l2_host_offset(e));
     }
   }
-  mark_l2_dirty(**table, c0, c1);
+  // Entries changed before a refused one are kept (their frees are deferred).
+  if (c > c0) mark_l2_dirty(**table, c0, c - 1);
+  if (!checked) co_return checked;
   guard.unlock();
   claim.reset();
   for (auto [off, len] : partial_compressed)
@@ -160,9 +165,14 @@ task<> Image::discard_piece(std::uint64_t offset, std::uint64_t length) {
   // Over a backing file the discarded range must not show backing data.
   const L2Entry empty = g_.extended_l2() ? L2Entry{0, backing_ ? QCOW_L2_BITMAP_ALL_ZEROES : 0}
                                          : L2Entry{backing_ ? QCOW_OFLAG_ZERO : 0, 0};
-  for (std::uint64_t c = c0; c <= c1; ++c) {
+  result<> checked;
+  std::uint64_t c = c0;
+  for (; c <= c1; ++c) {
     const std::uint64_t idx = g_.l2_index(c << g_.cluster_bits());
     const L2Entry e = load_l2(g_, (*table)->data.data(), idx);
+    if ((l2_compressed(e) || l2_host_offset(e)) &&
+        !(checked = co_await guard_.unlink_data(e, c << g_.cluster_bits())))
+      break;
     if (l2_compressed(e)) {
       const CompressedDescriptor d = decode_compressed(g_, e);
       refcounts_.defer_free_bytes(d.host_offset & ~511ull, d.sectors * 512);
@@ -171,8 +181,8 @@ task<> Image::discard_piece(std::uint64_t offset, std::uint64_t length) {
     }
     store_l2(g_, (*table)->data.data(), idx, empty);
   }
-  mark_l2_dirty(**table, c0, c1);
-  co_return result<>{};
+  if (c > c0) mark_l2_dirty(**table, c0, c - 1);
+  co_return checked;
 }
 
 }  // namespace qnbd::qcow2
