@@ -5,6 +5,7 @@ Each case edits bytes of an image made by qemu-img, then opens it with the
 engine (tests/qcow2/qcow2-driver) and checks the exit status and message.
 """
 import os
+import resource
 import struct
 import subprocess
 import sys
@@ -45,10 +46,10 @@ def expect_open_error(path, needle, failures, name):
         failures.append(f"{name}: expected one line with {needle!r}, got {p.stderr!r}")
 
 
-def expect_io_error(path, failures, name):
+def expect_io_error(path, failures, name, needle="corrupt"):
     """Opens fine, but reading the damaged part fails cleanly."""
     p = run(DRIVER, "dump", path, path + ".dump")
-    if p.returncode != 1 or "corrupt" not in p.stderr:
+    if p.returncode != 1 or needle not in p.stderr:
         failures.append(f"{name}: expected a clean read error, exit {p.returncode} {p.stderr!r}")
 
 
@@ -102,6 +103,12 @@ def backing_cases(tmp, failures):
     assert run("qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "nowhere.qcow2", "-F",
                "qcow2", missing, "4M").returncode == 0
     expect_open_error(missing, "No such file", failures, "missing-backing")
+    # A backing name longer than QEMU's 1023 bytes.
+    img = f"{tmp}/backing-long.qcow2"
+    make(img)
+    poke(img, 8, ">Q", 512)
+    poke(img, 16, ">I", 2000)
+    expect_open_error(img, "backing file name too long", failures, "backing-too-long")
 
 
 def table_cases(tmp, failures):
@@ -130,6 +137,62 @@ def table_cases(tmp, failures):
     p = run("qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x33 0 128k", img)
     if "Pattern verification failed" in p.stdout or p.returncode != 0:
         failures.append(f"alloc-over-l1: data damaged: {p.stdout}{p.stderr}")
+
+
+def l2_entry_offset(img, guest_cluster=0):
+    l2 = peek(img, peek(img, 40, ">Q"), ">Q") & 0x00fffffffffffe00
+    return l2 + 8 * guest_cluster
+
+
+def refcount_offset(img, host):
+    refblock = peek(img, peek(img, 48, ">Q"), ">Q")
+    return refblock + 2 * (host >> 16)
+
+
+def expect_write_refused(img, failures, name, ops="write 0 4096 5\nflush\n"):
+    """The write fails, the image is marked corrupt, the first 64 KiB still
+    read as they were (qemu-io) and the header is intact."""
+    p = run(DRIVER, "ops", img, stdin=ops)
+    if p.returncode != 1 or "corrupt" not in p.stderr:
+        failures.append(f"{name}: expected a corrupt-image error: {p.returncode} {p.stderr!r}")
+    if not peek(img, 72, ">Q") & 2:
+        failures.append(f"{name}: corrupt bit not set")
+    p = run("qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x33 64k 64k", img)
+    if "Pattern verification failed" in p.stdout or p.returncode != 0:
+        failures.append(f"{name}: data damaged: {p.stdout}{p.stderr}")
+
+
+def guard_cases(tmp, failures):
+    """Tables that contradict refcounts or point at metadata (cluster guard):
+    the write fails, the image is marked corrupt, nothing is overwritten."""
+    # An L2 entry (OFLAG_COPIED) pointing at the L1 table or the refcount
+    # block: a write there would destroy metadata. (Offset 0, the header,
+    # means "unallocated" in an L2 entry.)
+    for what in ("l1", "refblock"):
+        img = f"{tmp}/l2-at-{what}.qcow2"
+        make(img)
+        target = {"l1": peek(img, 40, ">Q"),
+                  "refblock": peek(img, peek(img, 48, ">Q"), ">Q")}[what]
+        poke(img, l2_entry_offset(img), ">Q", target | (1 << 63))
+        expect_write_refused(img, failures, f"l2-at-{what}")
+    # A data cluster in use whose refcount says free (a refcount "loop" the
+    # allocator would close by giving it out twice).
+    img = f"{tmp}/refcount-zero-in-use.qcow2"
+    make(img)
+    data = peek(img, l2_entry_offset(img), ">Q") & 0x00fffffffffffe00
+    poke(img, refcount_offset(img, data), ">H", 0)
+    expect_write_refused(img, failures, "refcount-zero-in-use", ops="write 2097152 4096 5\n")
+    # OFLAG_COPIED on a cluster with refcount 2 (a snapshot's data would change).
+    img = f"{tmp}/copied-shared.qcow2"
+    make(img)
+    data = peek(img, l2_entry_offset(img, 1), ">Q") & 0x00fffffffffffe00
+    poke(img, refcount_offset(img, data), ">H", 2)
+    expect_write_refused(img, failures, "copied-shared", ops="write 65536 4096 5\n")
+    # A compressed descriptor past the end of the file: a clean read error.
+    img = f"{tmp}/compressed-past-eof.qcow2"
+    make(img)
+    poke(img, l2_entry_offset(img), ">Q", (1 << 62) | (1 << 40))
+    expect_io_error(img, failures, "compressed-past-eof", needle="Input/output error")
 
 
 def flag_cases(tmp, failures):
@@ -175,7 +238,13 @@ def main():
         header_cases(tmp, failures)
         backing_cases(tmp, failures)
         table_cases(tmp, failures)
+        guard_cases(tmp, failures)
         flag_cases(tmp, failures)
+    # Every open above, huge tables included, stayed small.
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(f"FIGURE malformed_peak_rss_kb {peak}")
+    if peak > 256 * 1024:
+        failures.append(f"a driver run reached {peak} KiB of RSS")
     for f in failures:
         print("FAIL", f)
     print("malformed:", "ok" if not failures else f"{len(failures)} failures")
