@@ -20,6 +20,7 @@ constexpr const char* kUsage =
     "  check [-r leaks|all] [--output=human|json] FILE\n"
     "  bitmap (--add [--disable] | --remove | --clear | --enable | --disable |\n"
     "          --merge SOURCE [-b FILE [-F FMT]])... [-g GRANULARITY] FILE BITMAP\n"
+    "  defrag [-p] [-q] [--batch SIZE] FILE\n"
     "create options: cluster_size, compat (0.10|1.1), lazy_refcounts, refcount_bits,\n"
     "  extended_l2, compression_type (zlib|zstd), preallocation (off|metadata|falloc|full),\n"
     "  backing_file, backing_fmt. Sizes take k, M, G, T, P, E suffixes.\n";
@@ -49,6 +50,7 @@ int main(int argc, char** argv) {
     if (cmd == "map") return cmd_map(args);
     if (cmd == "check") return cmd_check(args);
     if (cmd == "bitmap") return cmd_bitmap(args);
+    if (cmd == "defrag") return cmd_defrag(args);
     std::fprintf(stderr, "qnbd-img: Command not found: %s\n", cmd.c_str());
     return 1;
   } catch (const std::exception& e) {

@@ -45,6 +45,7 @@ int cmd_info(const Args& args);
 int cmd_map(const Args& args);
 int cmd_check(const Args& args);
 int cmd_bitmap(const Args& args);
+int cmd_defrag(const Args& args);
 
 }  // namespace qnbd::img
 

@@ -5,6 +5,7 @@
 #include "qcow2/format/bitmaps.h"
 #include "qcow2/format/endian.h"
 #include "tools/qnbd_img_common.h"
+#include "tools/qnbd_img_layout.h"
 
 #include <fmt/format.h>
 
@@ -111,7 +112,7 @@ std::string snapshot_line(const Snapshot& s) {
 }
 
 void print_human_qcow2(const std::string& path, const ImageMeta& m,
-                       const std::vector<BitmapInfo>& bitmaps) {
+                       const std::vector<BitmapInfo>& bitmaps, const std::string& layout) {
   const auto& h = m.header;
   std::printf("image: %s\nfile format: qcow2\n", path.c_str());
   std::printf("virtual size: %s (%llu bytes)\n", human_size(h.size).c_str(),
@@ -149,6 +150,7 @@ void print_human_qcow2(const std::string& path, const ImageMeta& m,
                 h.incompatible_features & qcow2::format::QCOW2_INCOMPAT_CORRUPT ? "true" : "false");
     std::printf("    extended l2: %s\n", h.extended_l2() ? "true" : "false");
   }
+  std::fputs(layout.c_str(), stdout);
 }
 
 std::string json_snapshots(const ImageMeta& m) {
@@ -170,7 +172,7 @@ std::string json_snapshots(const ImageMeta& m) {
 }
 
 void print_json_qcow2(const std::string& path, const ImageMeta& m,
-                      const std::vector<BitmapInfo>& bitmaps) {
+                      const std::vector<BitmapInfo>& bitmaps, const std::string& layout) {
   const auto& h = m.header;
   const bool v3 = h.version >= 3;
   std::string out = "{\n";
@@ -204,6 +206,7 @@ void print_json_qcow2(const std::string& path, const ImageMeta& m,
                        json_string(resolve_backing(path, h.backing_file)));
     out += fmt::format("    \"backing-filename\": {},\n", json_string(h.backing_file));
   }
+  out += layout;
   out +=
       fmt::format("    \"dirty-flag\": {}\n}}\n",
                   h.incompatible_features & qcow2::format::QCOW2_INCOMPAT_DIRTY ? "true" : "false");
@@ -250,10 +253,12 @@ int cmd_info(const Args& args) {
     throw Fatal(fmt::format("Could not open '{}': {}", path, e.what()));
   }
   const auto bitmaps = read_bitmaps(run, *file, meta);
+  const auto stats = layout_stats(path);
+  const std::uint64_t cs = meta.cluster_size();
   if (json)
-    print_json_qcow2(path, meta, bitmaps);
+    print_json_qcow2(path, meta, bitmaps, stats ? layout_json(*stats, cs) : "");
   else
-    print_human_qcow2(path, meta, bitmaps);
+    print_human_qcow2(path, meta, bitmaps, stats ? layout_human(*stats, cs) : "");
   return 0;
 }
 

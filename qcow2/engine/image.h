@@ -133,6 +133,7 @@ class Image {
 
  private:
   friend class Writer;
+  friend class Defragmenter;
   // ---- mapping (mapping.cpp)
   task<std::shared_ptr<Table>> l2_table_for(std::uint64_t guest);  // null if none
   result<MapKind> classify(const format::L2Entry& e, unsigned sc, std::uint64_t& host) const;

@@ -156,6 +156,29 @@ task<std::uint64_t> Refcounts::allocate_contiguous(std::uint64_t n) {
   co_return *start << g_.cluster_bits();
 }
 
+task<bool> Refcounts::allocate_at(std::uint64_t c) {
+  // result<bool> would take an error_code as a bool.
+  auto failed = [](error_code e) { return result<bool>(boost::system::in_place_error, e); };
+  auto rc = co_await get(c);
+  if (!rc) co_return failed(rc.error());
+  if (*rc != 0 || c == 0 || metadata_.contains_cluster(c)) co_return false;
+  if (auto r = co_await set(c, 1, {{c, 1}, {}}); !r) co_return failed(r.error());
+  co_return true;
+}
+
+task<std::vector<bool>> Refcounts::in_use(std::uint64_t clusters) {
+  std::vector<bool> out(clusters);
+  for (std::uint64_t first = 0; first < clusters; first += g_.refblock_entries()) {
+    auto b = co_await block_for(first, false, {});
+    if (!b) co_return b.error();
+    if (!*b) continue;
+    const std::uint64_t n = std::min(clusters - first, g_.refblock_entries());
+    for (std::uint64_t i = 0; i < n; ++i)
+      out[first + i] = get_refcount((*b)->data.data(), g_.refcount_order(), i) != 0;
+  }
+  co_return out;
+}
+
 void Refcounts::defer_free_bytes(std::uint64_t host_offset, std::uint64_t bytes) {
   if (bytes) deferred_.push_back({host_offset, bytes});
 }

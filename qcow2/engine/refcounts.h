@@ -46,6 +46,12 @@ class Refcounts {
   // Allocates n adjacent clusters with refcount 1 (tables that must be
   // contiguous, e.g. a bitmap table); returns the first one's offset.
   task<std::uint64_t> allocate_contiguous(std::uint64_t n);
+  // Allocates cluster `c` that the caller chose (the defragmenter): false,
+  // and no change, if it is in use or holds metadata.
+  task<bool> allocate_at(std::uint64_t c);
+  // Per cluster below `clusters`: whether its refcount is not 0. Reads each
+  // refcount block once.
+  task<std::vector<bool>> in_use(std::uint64_t clusters);
   // Frees after the next metadata flush made the dropped references durable.
   void defer_free_cluster(std::uint64_t host_offset) {
     defer_free_bytes(host_offset, g_.cluster_size());
