@@ -48,6 +48,12 @@ struct Export {
   bool lazy_refcounts = false;
   // Seconds a dirty metadata cache may stay unwritten while idle.
   double cache_clean_interval = 5.0;
+  // Online defragmentation (qcow2/engine/defrag_task.h): off or auto; bytes
+  // moved per second at most; a pass starts when fewer than this percentage
+  // of the guest-contiguous runs are host-contiguous (or space is reclaimable).
+  bool defrag = false;
+  std::uint64_t defrag_rate = 64ull << 20;
+  unsigned defrag_threshold = 90;
   // Empty: every client may use the export; else a client matching any rule.
   std::vector<AllowRule> allow;
 };

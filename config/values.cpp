@@ -126,6 +126,12 @@ double parse_seconds(std::string_view text, double hi) {
 
 Format parse_format(std::string_view text) { return parse_enum(text, formats, "raw|qcow2"); }
 
+bool parse_defrag_mode(std::string_view text) {
+  constexpr std::array<std::pair<std::string_view, bool>, 2> modes{
+      {{"off", false}, {"auto", true}}};
+  return parse_enum(text, modes, "off|auto");
+}
+
 CacheMode parse_cache_mode(std::string_view text) {
   return parse_enum(text, cache_modes, "writeback|none");
 }

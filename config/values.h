@@ -35,6 +35,9 @@ std::uint64_t parse_size(std::string_view text);
 // Non-negative decimal number of seconds (fractions allowed) up to hi.
 double parse_seconds(std::string_view text, double hi);
 
+// "off" or "auto" (the YAML defrag: and --defrag): true for auto.
+bool parse_defrag_mode(std::string_view text);
+
 Format parse_format(std::string_view text);
 CacheMode parse_cache_mode(std::string_view text);
 LogLevel parse_log_level(std::string_view text);

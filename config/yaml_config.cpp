@@ -183,7 +183,7 @@ void read_allow(const Reader& r, const YAML::Node& n, const std::string& w, Expo
   }
 }
 
-const std::array<Field<Export>, 11> export_fields{{
+const std::array<Field<Export>, 14> export_fields{{
     {"name", [](const Reader& r, const YAML::Node& n, const std::string& w,
                 Export& e) { e.name = r.nbd_string(n, w); }},
     {"path", [](const Reader& r, const YAML::Node& n, const std::string& w,
@@ -218,6 +218,18 @@ const std::array<Field<Export>, 11> export_fields{{
            n, w, [](const std::string& s) { return parse_seconds(s, max_clean_interval); });
      }},
     {"allow", read_allow},
+    {"defrag",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
+       e.defrag = r.scalar(n, w, [](const std::string& s) { return parse_defrag_mode(s); });
+     }},
+    {"defrag_rate",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
+       e.defrag_rate = r.scalar(n, w, [](const std::string& s) { return parse_size(s); });
+     }},
+    {"defrag_threshold",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
+       e.defrag_threshold = static_cast<unsigned>(r.uint(n, w, 0, 100));
+     }},
 }};
 
 const std::array<Field<Config>, 7> config_fields{{

@@ -131,7 +131,11 @@ boost::asio::awaitable<std::unique_ptr<BlockBackend>> open_image(io::Ring& ring,
                                                                  const std::string& path,
                                                                  const OpenOptions& opts) {
   ChainOpener opener(ring, opts);
-  co_return co_await opener.open_path(path, "qcow2", opts.read_only);
+  auto backend = co_await opener.open_path(path, "qcow2", opts.read_only);
+  if (opts.defrag.enabled && !opts.read_only)
+    static_cast<Qcow2Backend&>(*backend).start_defrag(opts.defrag,
+                                                      co_await boost::asio::this_coro::executor);
+  co_return backend;
 }
 
 }  // namespace qnbd::qcow2

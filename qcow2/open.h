@@ -4,6 +4,7 @@
 
 #include "backend/block_backend.h"
 #include "io/uring.h"
+#include "qcow2/engine/defrag_task.h"
 
 #include <boost/asio/awaitable.hpp>
 
@@ -20,6 +21,7 @@ struct OpenOptions {
   std::uint64_t refcount_cache_size = 0;
   bool lazy_refcounts = false;  // dirty-bit mode: refcounts written at close only
   double cache_clean_interval = 5.0;
+  DefragOptions defrag;  // online defragmentation of the image (not of backing files)
 };
 
 // True if the file starts with the qcow2 magic "QFI\xfb".

@@ -44,6 +44,14 @@ task<std::vector<Extent>> Qcow2Backend::do_block_status(std::uint64_t offset,
 
 task<> Qcow2Backend::do_cache(std::uint64_t, std::uint64_t) { co_return result<>{}; }
 
-task<> Qcow2Backend::do_close() { co_return co_await image_->close(); }
+void Qcow2Backend::start_defrag(const DefragOptions& o, const boost::asio::any_io_executor& ex) {
+  defrag_ = std::make_unique<DefragTask>(*image_, o);
+  defrag_->start(ex);
+}
+
+task<> Qcow2Backend::do_close() {
+  if (defrag_) co_await defrag_->stop();
+  co_return co_await image_->close();
+}
 
 }  // namespace qnbd::qcow2

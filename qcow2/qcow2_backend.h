@@ -3,6 +3,7 @@
 #pragma once
 
 #include "backend/block_backend.h"
+#include "qcow2/engine/defrag_task.h"
 #include "qcow2/engine/image.h"
 
 #include <memory>
@@ -16,6 +17,8 @@ class Qcow2Backend final : public BlockBackend {
   std::uint64_t size() const override { return image_->size(); }
   Capabilities capabilities() const override;
   Image& image() { return *image_; }
+  // Online defragmentation on `ex` (the image's executor) until close.
+  void start_defrag(const DefragOptions& o, const boost::asio::any_io_executor& ex);
 
  protected:
   task<> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
@@ -30,6 +33,7 @@ class Qcow2Backend final : public BlockBackend {
 
  private:
   std::unique_ptr<Image> image_;
+  std::unique_ptr<DefragTask> defrag_;
 };
 
 }  // namespace qnbd::qcow2

@@ -104,6 +104,10 @@ const Option options[] = {
      [](Targets& t, std::string_view v) {
        t.exp.cache_clean_interval = config::parse_seconds(v, config::max_clean_interval);
      }},
+    {0, "defrag", "MODE", Scope::per_export,
+     [](Targets& t, std::string_view v) { t.exp.defrag = config::parse_defrag_mode(v); }},
+    {0, "defrag-rate", "SIZE", Scope::per_export,
+     [](Targets& t, std::string_view v) { t.exp.defrag_rate = config::parse_size(v); }},
     {0, "max-connections", "N", Scope::global,
      [](Targets& t, std::string_view v) {
        t.cfg.max_connections =

@@ -36,6 +36,9 @@ boost::asio::awaitable<std::unique_ptr<BlockBackend>> open_image(io::Ring& ring,
   o.refcount_cache_size = e.refcount_cache_size;
   o.lazy_refcounts = e.lazy_refcounts;
   o.cache_clean_interval = e.cache_clean_interval;
+  o.defrag.enabled = e.defrag;
+  o.defrag.rate = std::max<std::uint64_t>(e.defrag_rate, 1);
+  o.defrag.threshold = e.defrag_threshold / 100.0;
   co_return co_await qcow2::open_image(ring, e.path, o);
 }
 

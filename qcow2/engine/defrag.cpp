@@ -81,6 +81,15 @@ task<defrag::Layout> Defragmenter::scan() {
   co_return l;
 }
 
+std::uint64_t Defragmenter::cluster_size() const { return img_.g_.cluster_size(); }
+const std::string& Defragmenter::name() const { return img_.name_; }
+
+bool Defragmenter::client_active() {
+  const bool active = img_.active_ops_ > 0 || img_.ops_started_ != ops_seen_;
+  ops_seen_ = img_.ops_started_;
+  return active;
+}
+
 task<defrag::Plan> Defragmenter::plan() {
   auto lock = co_await img_.meta_.lock();
   auto l = co_await scan();
@@ -143,9 +152,10 @@ task<> Defragmenter::copy_data(const std::vector<Move>& moves) {
   co_return co_await run_parallel(std::move(io));
 }
 
-// Under the metadata lock: the L2 (or L1) entries point at the copies; the
-// old clusters are freed once those entries are durable (deferred frees).
-// Data entries first: a table that moves in the same batch takes them along.
+// Under the metadata lock: the L2 (or L1) entries point at the copies. An
+// old L2 table is freed once the L1 entry is durable (readers use the cached
+// copy, never the old cluster); old data clusters wait for free_old(). Data
+// entries first: a table that moves in the same batch takes them along.
 task<> Defragmenter::link(const std::vector<Move>& moves) {
   const Geometry& g = img_.g_;
   const unsigned bits = g.cluster_bits();
@@ -161,7 +171,6 @@ task<> Defragmenter::link(const std::vector<Move>& moves) {
     e.entry = (e.entry & ~L2E_OFFSET_MASK) | (m.step.to << bits);
     store_l2(g, (*t)->data.data(), g.l2_index(guest), e);
     img_.mark_l2_dirty(**t, m.step.key, m.step.key);
-    img_.refcounts_.defer_free_cluster(m.step.from << bits);
     img_.needs_barrier_ = true;  // dirty-bit mode: the copy before the entry
   }
   for (const Move& m : moves) {
@@ -179,6 +188,18 @@ task<> Defragmenter::link(const std::vector<Move>& moves) {
     img_.l2_cache_.drop(m.step.from << bits);
     img_.refcounts_.defer_free_cluster(m.step.from << bits);
   }
+  co_return result<>{};
+}
+
+// After the reads that may have mapped the old places are done: the old
+// data clusters are freed once the new entries are durable (crash rule 2).
+// A crash before this leaves them leaked, never referenced twice.
+task<> Defragmenter::free_old(const std::vector<Move>& moves) {
+  co_await img_.read_epochs_.drain();
+  auto lock = co_await img_.meta_.lock();
+  for (const Move& m : moves)
+    if (m.step.kind == ItemKind::Data)
+      img_.refcounts_.defer_free_cluster(m.step.from << img_.g_.cluster_bits());
   co_return result<>{};
 }
 
@@ -214,7 +235,8 @@ task<DefragCycle> Defragmenter::cycle(std::size_t max_steps) {
     QNBD_CO_TRY(co_await link(moves));
   }
   out.moved = moves.size();
-  moves.clear();  // releases the claims: client requests see the new places
+  for (Move& m : moves) m.claim.reset();  // client requests now see the new places
+  QNBD_CO_TRY(co_await free_old(moves));
   QNBD_CO_TRY(co_await img_.flush());
   co_return out;
 }

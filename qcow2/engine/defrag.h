@@ -6,7 +6,8 @@
 //    (and its refcount) durable before the L2 entry (or L1 entry, for a
 //    moved L2 table) that points at it is written;
 //  - the old cluster's refcount falls only in the flush's last stage, after
-//    the new L2/L1 entries are durable (a deferred free);
+//    the new L2/L1 entries are durable (a deferred free), and only after
+//    every read that may have mapped the old place has finished;
 //  - the guest cluster is claimed exclusively while it moves, so client
 //    writes, zeroes and trims to it wait for the move and then go to the
 //    new place; a step whose source changed since it was planned is dropped.
@@ -19,6 +20,7 @@
 #include "qcow2/defrag/plan.h"
 
 #include <cstdint>
+#include <string>
 
 namespace qnbd::qcow2 {
 
@@ -38,6 +40,10 @@ class Defragmenter {
   task<defrag::Plan> plan();
   // One cycle of at most `max_steps` moves, flushed. remaining == 0: done.
   task<DefragCycle> cycle(std::size_t max_steps);
+  // Whether a client operation started since the last call (or runs now).
+  bool client_active();
+  std::uint64_t cluster_size() const;
+  const std::string& name() const;
   // Truncates the file after the last cluster in use (once no step
   // remains); returns the new size in bytes.
   task<std::uint64_t> compact();
@@ -49,8 +55,10 @@ class Defragmenter {
   task<> copy_data(const std::vector<Move>& moves);
   task<> link(const std::vector<Move>& moves);
   task<> give_back(const std::vector<Move>& moves);
+  task<> free_old(const std::vector<Move>& moves);
 
   Image& img_;
+  std::uint64_t ops_seen_ = 0;
 };
 
 }  // namespace qnbd::qcow2

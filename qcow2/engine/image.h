@@ -39,6 +39,7 @@
 #include "qcow2/engine/coro_sync.h"
 #include "qcow2/engine/inflight.h"
 #include "qcow2/engine/overlap.h"
+#include "qcow2/engine/read_epochs.h"
 #include "qcow2/engine/refcounts.h"
 #include "qcow2/engine/table_cache.h"
 #include "qcow2/format/entries.h"
@@ -105,7 +106,10 @@ class Image {
   // (measured at QD1 with a FLUSH per write: 4.5k -> 6.1k writes/s).
   class ActiveOp {
    public:
-    explicit ActiveOp(Image& i) : img_(i) { ++img_.active_ops_; }
+    explicit ActiveOp(Image& i) : img_(i) {
+      ++img_.active_ops_;
+      ++img_.ops_started_;
+    }
     ~ActiveOp() { --img_.active_ops_; }
     ActiveOp(const ActiveOp&) = delete;
     ActiveOp& operator=(const ActiveOp&) = delete;
@@ -213,6 +217,8 @@ class Image {
   std::uint64_t open_size_ = 0;
   bool needs_barrier_ = false;
   unsigned active_ops_ = 0;
+  std::uint64_t ops_started_ = 0;  // client operations ever (the defragmenter yields to them)
+  ReadEpochs read_epochs_;
   // Flush-heavy detection and the end of the zeros written ahead (bytes).
   std::uint64_t allocated_in_cycle_ = 0;
   bool flush_heavy_ = false;

@@ -13,6 +13,7 @@ namespace qnbd::qcow2 {
 using namespace format;
 
 task<> Image::read(std::uint64_t offset, std::span<std::byte> buf) {
+  const auto epoch = read_epochs_.enter();
   auto runs = co_await map_range(offset, buf.size());
   if (!runs) co_return runs.error();
   co_return co_await read_runs(*runs, offset, buf);
