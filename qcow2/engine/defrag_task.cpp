@@ -17,7 +17,7 @@ namespace {
 constexpr double kBusyPause = 0.05;
 // Bytes one cycle moves at most: a client write that meets a moving
 // cluster waits for at most this much copying.
-constexpr std::uint64_t kCycleBytes = 4ull << 20;
+constexpr std::uint64_t kCycleBytes = 1ull << 20;
 
 }  // namespace
 
