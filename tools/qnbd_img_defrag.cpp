@@ -12,7 +12,9 @@
 
 #include <sys/stat.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 namespace qnbd::img {
 namespace {
@@ -39,6 +41,9 @@ int cmd_defrag(const Args& args) {
   const ParsedArgs a = parse_args(args, {"--batch", "-f"}, {"-p", "-q"});
   if (a.positional.size() != 1) throw Fatal("Expecting one image file name");
   const std::string& path = a.positional[0];
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    throw Fatal(fmt::format("Could not open '{}': {}", path, std::strerror(errno)));
   if (const auto* f = a.last("-f"); (f && *f != "qcow2") || !is_qcow2(path))
     throw Fatal(fmt::format("{}: defrag needs a qcow2 image", path));
   const bool show = a.has("-p") && !a.has("-q");
