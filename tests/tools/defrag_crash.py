@@ -4,7 +4,7 @@ corruption (leaked clusters are allowed: a move killed after its copy was
 counted), and after `check -r leaks` a second defrag completes, checks
 clean and leaves the same content. Kill points: after a random number of
 cycles (one progress line each), plus a random delay inside the next one.
-QNBD_DEFRAG_CRASH_ITERATIONS sets the number of kills (default 8)."""
+QNBD_DEFRAG_CRASH_ITERATIONS sets the number of kills (default 6)."""
 import os
 import random
 import shutil
@@ -15,7 +15,7 @@ import time
 from imgtest import QNBD_IMG, check, check_eq, cleanup, finish, qemu_img, qnbd, run, tmpdir
 
 WORK = tmpdir()
-ITERATIONS = int(os.environ.get("QNBD_DEFRAG_CRASH_ITERATIONS", "8"))
+ITERATIONS = int(os.environ.get("QNBD_DEFRAG_CRASH_ITERATIONS", "6"))
 
 
 def path(name):
