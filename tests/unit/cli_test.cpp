@@ -381,4 +381,14 @@ TEST_SUITE("cli") {
     CHECK(bad == "qnbd: --port: expected a number 1-65535, got 'abc'");
   }
 
+  TEST_CASE("cli: --defrag MODE and --defrag-rate SIZE") {
+    TempDir dir("qnbd-cli");
+    std::string img = dir.write("disk.img");
+    const auto e = config_of({"--defrag", "auto", "--defrag-rate=16M", img}).exports[0];
+    CHECK(e.defrag);
+    CHECK(e.defrag_rate == 16u << 20);
+    CHECK_FALSE(config_of({"--defrag=off", img}).exports[0].defrag);
+    CHECK(error_of({"--defrag", "always", img}).find("--defrag: expected off|auto") == 0);
+  }
+
 }  // TEST_SUITE

@@ -437,4 +437,25 @@ TEST_SUITE("config") {
     CHECK(image_file_problem("/dev/null", true) == "expected a regular file or block device");
   }
 
+  TEST_CASE("yaml: defrag, defrag_rate and defrag_threshold") {
+    TempDir dir("qnbd-config");
+    dir.write("a.img");
+    const Export d = parse_config_text(one_export(), "test.yaml", dir.path()).exports[0];
+    CHECK_FALSE(d.defrag);
+    CHECK(d.defrag_rate == 64u << 20);
+    CHECK(d.defrag_threshold == 90);
+    const Export e =
+        parse_config_text(
+            one_export("    defrag: auto\n    defrag_rate: 8M\n    defrag_threshold: 75\n"),
+            "test.yaml", dir.path())
+            .exports[0];
+    CHECK(e.defrag);
+    CHECK(e.defrag_rate == 8u << 20);
+    CHECK(e.defrag_threshold == 75);
+    CHECK(error_of(dir, one_export("    defrag: on\n"))
+              .find("test.yaml:4: exports[0].defrag: expected off|auto, got 'on'") == 0);
+    CHECK(error_of(dir, one_export("    defrag_threshold: 101\n"))
+              .find("test.yaml:4: exports[0].defrag_threshold: expected a number 0-100") == 0);
+  }
+
 }  // TEST_SUITE

@@ -8,6 +8,8 @@
 #include "qcow2/check/check.h"
 #include "qcow2/engine/defrag.h"
 
+#include <spdlog/spdlog.h>
+
 #include <random>
 
 using namespace qnbd;
@@ -106,6 +108,9 @@ TEST_CASE("defrag: a complete pass makes data contiguous, compacts, and checks c
 }
 
 TEST_CASE("defrag: a power loss at any sync of a pass loses nothing and corrupts nothing") {
+  // The dirty-bit repair logs every stale refcount it fixes.
+  const auto level = spdlog::get_level();
+  spdlog::set_level(spdlog::level::err);
   for (std::uint32_t seed = 1; seed <= 24; ++seed) {
     CAPTURE(seed);
     const bool lazy = seed % 3 == 0;
@@ -130,4 +135,5 @@ TEST_CASE("defrag: a power loss at any sync of a pass loses nothing and corrupts
     auto again = open_image(ctx, survived->contents(), lazy);
     CHECK(read_all(ctx, *again) == model);
   }
+  spdlog::set_level(level);
 }
