@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common/task.h"
+#include "io/completion.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -73,6 +74,15 @@ class BlockBackend {
   task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length);
   // Advisory prefetch.
   task<> cache(std::uint64_t offset, std::uint64_t length);
+  // The request fast path: a read or write the backend can do as one file
+  // I/O without suspending (a raw file; a qcow2 data cluster whose L2 table
+  // is cached). True: started, and `c` will be completed with the byte count
+  // or a negative errno, possibly before this returns; a result other than
+  // buf.size() is redone through read()/write(), which then yields the same
+  // bytes and errors as if the fast path had not been tried. False: nothing
+  // was started; use read()/write(). Writes here carry no FUA.
+  bool start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c);
+  bool start_write(std::uint64_t offset, std::span<const std::byte> buf, io::Completion* c);
   // Writes back everything dirty before the server exits.
   task<> close() { return do_close(); }
 
@@ -86,6 +96,10 @@ class BlockBackend {
   virtual task<std::vector<Extent>> do_block_status(std::uint64_t offset, std::uint64_t length) = 0;
   virtual task<> do_cache(std::uint64_t offset, std::uint64_t length) = 0;
   virtual task<> do_close() = 0;
+  virtual bool do_start_read(std::uint64_t, std::span<std::byte>, io::Completion*) { return false; }
+  virtual bool do_start_write(std::uint64_t, std::span<const std::byte>, io::Completion*) {
+    return false;
+  }
 
  private:
   // The error a modifying request breaks the contract with, if any.

@@ -25,6 +25,13 @@ class RawBackend final : public BlockBackend {
   task<std::vector<Extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override;
   task<> do_cache(std::uint64_t offset, std::uint64_t length) override;
   task<> do_close() override;
+  bool do_start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c) override {
+    return file_->start_read(offset, buf, c);
+  }
+  bool do_start_write(std::uint64_t offset, std::span<const std::byte> buf,
+                      io::Completion* c) override {
+    return file_->start_write(offset, buf, c);
+  }
 
  private:
   task<> write_zero_buffers(std::uint64_t offset, std::uint64_t length);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common/task.h"
+#include "io/completion.h"
 
 #include <sys/uio.h>
 
@@ -39,6 +40,15 @@ class File {
   virtual bool read_only() const = 0;
   // Required alignment of offsets, lengths and buffers (O_DIRECT), 1 if none.
   virtual std::uint32_t alignment() const { return 1; }
+
+  // The request fast path: starts one read (write) of buf at `offset` with
+  // no coroutine and returns true, or returns false having started nothing
+  // (the caller then uses readv_at / writev_at, which handle what this does
+  // not: unaligned O_DIRECT, no io_uring, memory files). `c` is completed
+  // with the byte count (short at end of file) or a negative errno, possibly
+  // before this returns; the caller keeps buf and c alive until then.
+  virtual bool start_read(std::uint64_t, std::span<std::byte>, Completion*) { return false; }
+  virtual bool start_write(std::uint64_t, std::span<const std::byte>, Completion*) { return false; }
 
   // Coroutines (not plain wrappers) so the iovec lives in the frame for the
   // whole operation.

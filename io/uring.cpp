@@ -35,19 +35,13 @@ Ring::~Ring() {
   io_uring_queue_exit(&ring_);
 }
 
-void Ring::enqueue(OpBase* op, const std::function<void(io_uring_sqe*)>& prep) {
+io_uring_sqe* Ring::get_sqe() {
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
   if (!sqe) {  // submission queue full: flush what is queued and retry
     io_uring_submit(&ring_);
     sqe = io_uring_get_sqe(&ring_);
   }
-  if (!sqe) {
-    op->complete(op, -EAGAIN);
-    return;
-  }
-  prep(sqe);
-  io_uring_sqe_set_data(sqe, op);
-  schedule_submit();
+  return sqe;
 }
 
 void Ring::schedule_submit() {
@@ -73,7 +67,7 @@ void Ring::arm() {
 void Ring::reap() {
   io_uring_cqe* cqe = nullptr;
   while (io_uring_peek_cqe(&ring_, &cqe) == 0 && cqe) {
-    auto* op = static_cast<OpBase*>(io_uring_cqe_get_data(cqe));
+    auto* op = static_cast<Completion*>(io_uring_cqe_get_data(cqe));
     int res = cqe->res;
     io_uring_cqe_seen(&ring_, cqe);
     if (op) op->complete(op, res);

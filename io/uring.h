@@ -11,9 +11,12 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/dispatch.hpp>
 
+#include "io/completion.h"
+
 #include <liburing.h>
 
-#include <functional>
+#include <cerrno>
+
 #include <memory>
 #include <utility>
 
@@ -29,6 +32,24 @@ class Ring {
   // False when the kernel refused io_uring; callers then use plain syscalls.
   bool available() const { return ok_; }
 
+  // An operation in flight, completed with the CQE result.
+  using Completion = io::Completion;
+
+  // Queues one operation (submitted at the end of this loop turn); `prep`
+  // fills the SQE. `c` must stay alive until it is completed; when the
+  // queue is full and cannot be drained, it completes at once with -EAGAIN.
+  template <class Prep>
+  void submit(Completion* c, Prep&& prep) {
+    io_uring_sqe* sqe = get_sqe();
+    if (!sqe) {
+      c->complete(c, -EAGAIN);
+      return;
+    }
+    prep(sqe);
+    io_uring_sqe_set_data(sqe, c);
+    schedule_submit();
+  }
+
   // Runs one operation; `prep` fills the SQE. Completes with the CQE result
   // (negative errno on failure).
   template <class Prep>
@@ -36,21 +57,17 @@ class Ring {
     return boost::asio::async_initiate<const boost::asio::use_awaitable_t<>, void(int)>(
         [this, prep = std::move(prep)](auto handler) mutable {
           using H = decltype(handler);
-          auto* op = new Op<H>(std::move(handler));
-          enqueue(op, [&prep](io_uring_sqe* sqe) { prep(sqe); });
+          submit(new Op<H>(std::move(handler)), prep);
         },
         boost::asio::use_awaitable);
   }
 
  private:
-  struct OpBase {
-    void (*complete)(OpBase*, int) = nullptr;
-  };
   template <class H>
-  struct Op : OpBase {
+  struct Op : Completion {
     explicit Op(H&& h) : handler(std::move(h)) { complete = &Op::done; }
     H handler;
-    static void done(OpBase* base, int res) {
+    static void done(Completion* base, int res) {
       auto* self = static_cast<Op*>(base);
       H h = std::move(self->handler);
       delete self;
@@ -59,7 +76,8 @@ class Ring {
     }
   };
 
-  void enqueue(OpBase* op, const std::function<void(io_uring_sqe*)>& prep);
+  // A free SQE, flushing the queue once if it is full; null if still none.
+  io_uring_sqe* get_sqe();
   void schedule_submit();
   void arm();
   void reap();

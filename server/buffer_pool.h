@@ -51,7 +51,8 @@ class BufferPool {
  private:
   static constexpr std::size_t kMinShift = 12;  // 4 KiB
   static constexpr std::size_t kClasses = 14;   // up to 32 MiB
-  static constexpr std::size_t kPerClass = 8;
+  // Enough for every request in flight at the default limit (SessionLimits).
+  static constexpr std::size_t kPerClass = 128;
   static constexpr std::size_t kMaxPooledBytes = 96u << 20;
   std::array<std::vector<Buffer>, kClasses> free_;
   std::size_t pooled_bytes_ = 0;

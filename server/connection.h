@@ -16,6 +16,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include <cstddef>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <string>
@@ -31,6 +32,14 @@ class Connection {
 
   // Fills `out` completely, or returns the error (eof included).
   boost::asio::awaitable<error_code> read_exact(std::span<std::byte> out);
+  // Fills `out` from bytes already received, without suspending, if there
+  // are enough; else takes nothing and returns false (then use read_exact).
+  bool take_buffered(std::span<std::byte> out) {
+    if (out.size() > end_ - begin_) return false;
+    std::memcpy(out.data(), buf_.data() + begin_, out.size());
+    begin_ += out.size();
+    return true;
+  }
   // Reads and throws away n bytes (a payload we refuse but must get past).
   boost::asio::awaitable<error_code> skip(std::size_t n);
   boost::asio::awaitable<error_code> write_all(std::span<const boost::asio::const_buffer> bufs);

@@ -62,7 +62,7 @@ awaitable<void> Session::run() {
       where_.owner ? "backend calls run on the export's home worker" : "the export's home worker");
   for (;;) {
     std::array<std::byte, kRequestSize> raw;
-    if (co_await conn_.read_exact(raw)) break;  // client gone or stop()
+    if (!conn_.take_buffered(raw) && co_await conn_.read_exact(raw)) break;  // gone or stop()
     auto req = decode_request(raw);
     if (!req) {
       spdlog::warn("{}: bad request magic, closing connection", peer());
@@ -87,12 +87,13 @@ awaitable<void> Session::run() {
     Buffer payload;
     if (req->type == NBD_CMD_WRITE) {
       payload = pool_.acquire(req->length);
-      if (co_await conn_.read_exact(payload.span())) {
+      if (!conn_.take_buffered(payload.span()) && co_await conn_.read_exact(payload.span())) {
         spdlog::info("{}: truncated write payload, closing", peer());
         release(budget);
         break;
       }
     }
+    if (try_fast(*req, payload, budget)) continue;
     boost::asio::co_spawn(ex, handle(self, *req, std::move(payload), budget),
                           boost::asio::detached);
   }
@@ -151,34 +152,26 @@ void Session::send(Reply r) {
 }
 
 awaitable<void> Session::write_replies(std::shared_ptr<Session>) {
-  constexpr std::size_t kBatch = 64;
-  std::vector<Reply> batch;
-  std::vector<boost::asio::const_buffer> bufs;
   while (!queue_.empty() && !broken_) {
-    batch.clear();
-    bufs.clear();
-    while (!queue_.empty() && batch.size() < kBatch) {
-      batch.push_back(std::move(queue_.front()));
-      queue_.pop_front();
+    std::swap(sending_, queue_);
+    bufs_.clear();
+    for (const auto& r : sending_) {
+      bufs_.push_back(boost::asio::buffer(r.head.data(), r.head_len));
+      if (!r.body.empty()) bufs_.push_back(boost::asio::buffer(r.body.data(), r.body.size()));
     }
-    for (const auto& r : batch) {
-      bufs.push_back(boost::asio::buffer(r.head.data(), r.head_len));
-      if (!r.body.empty()) bufs.push_back(boost::asio::buffer(r.body.data(), r.body.size()));
-    }
-    if (auto ec = co_await conn_.write_all(bufs)) {
+    if (auto ec = co_await conn_.write_all(bufs_)) {
       spdlog::info("{}: send failed ({}), closing", peer(), ec.message());
       broken_ = true;
       conn_.close();
     }
-    for (auto& r : batch) {
+    for (auto& r : sending_) {
       release(r.budget);
       pool_.release(std::move(r.body));
     }
+    sending_.clear();
   }
-  while (!queue_.empty()) {
-    release(queue_.front().budget);
-    queue_.pop_front();
-  }
+  for (auto& r : queue_) release(r.budget);
+  queue_.clear();
   writing_ = false;
 }
 

@@ -22,13 +22,16 @@
 
 #include <array>
 #include <cstddef>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <type_traits>
 #include <vector>
 
 namespace qnbd::server {
+
+// Structured reads this large are worth asking the backend where the zeros
+// are first (a sparse reply); smaller ones are one data chunk.
+inline constexpr std::uint32_t kSparseReadMin = 64 << 10;
 
 struct SessionLimits {
   std::size_t max_requests = 128;     // in flight per connection
@@ -64,6 +67,18 @@ class Session : public std::enable_shared_from_this<Session> {
     std::size_t budget = 0;
   };
 
+  // A READ or WRITE on the fast path (BlockBackend::start_read/start_write):
+  // no coroutine, its state in a slot the session reuses.
+  struct FastOp : io::Completion {
+    Session* session = nullptr;
+    nbd::Request req;
+    Buffer buf;  // READ: the reply body; WRITE: the payload
+    std::size_t budget = 0;
+  };
+  bool try_fast(const nbd::Request& req, Buffer& payload, std::size_t budget);
+  static void fast_complete(io::Completion* c, int res);
+  void fast_done(FastOp& op, int res);
+
   boost::asio::awaitable<void> handle(std::shared_ptr<Session> self, nbd::Request req,
                                       Buffer payload, std::size_t budget);
   boost::asio::awaitable<Reply> execute(const nbd::Request& req, Buffer& payload);
@@ -86,6 +101,8 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   Reply simple(const nbd::Request& req, std::uint32_t error) const;
+  // The header of a successful READ reply whose data is the body.
+  void read_reply_head(Reply& out, const nbd::Request& req) const;
   Reply error_reply(const nbd::Request& req, std::uint32_t error) const;
 
   void send(Reply r);
@@ -102,7 +119,11 @@ class Session : public std::enable_shared_from_this<Session> {
   std::size_t inflight_bytes_ = 0;
   boost::asio::steady_timer wake_;
   BufferPool pool_;
-  std::deque<Reply> queue_;
+  std::vector<Reply> queue_;
+  // The batch being sent and its buffers (kept for their capacity).
+  std::vector<Reply> sending_;
+  std::vector<boost::asio::const_buffer> bufs_;
+  std::vector<std::unique_ptr<FastOp>> fast_free_;
   bool writing_ = false;
   bool broken_ = false;
 };

@@ -84,9 +84,6 @@ awaitable<result<>> Session::cmd_write_zeroes(const Request& req) {
   });
 }
 
-// Reads this large are worth asking the backend where the zeros are first.
-constexpr std::uint32_t kSparseReadMin = 64 << 10;
-
 awaitable<Session::Reply> Session::cmd_read(const Request& req) {
   BlockBackend& be = *neg_.exp->backend;
   if (lim_.structured && !(req.flags & NBD_CMD_FLAG_DF) && req.length >= kSparseReadMin) {
@@ -109,24 +106,28 @@ awaitable<Session::Reply> Session::cmd_read(const Request& req) {
       co_return error_reply(req, wire_error(r.error()));
     }
   }
+  read_reply_head(out, req);
+  co_return out;
+}
+
+void Session::read_reply_head(Reply& out, const Request& req) const {
   if (!lim_.structured) {
     encode_simple_reply(std::span<std::byte, kSimpleReplySize>(out.head.data(), kSimpleReplySize),
                         0, req.cookie);
     out.head_len = kSimpleReplySize;
-    co_return out;
+    return;
   }
   auto head = std::span<std::byte, kChunkHeaderSize>(out.head.data(), kChunkHeaderSize);
   if (req.length == 0) {
     encode_chunk_header(head, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, req.cookie, 0);
     out.head_len = kChunkHeaderSize;
-    co_return out;
+    return;
   }
   // One data chunk: always valid with DF, and the client reassembles nothing.
   encode_chunk_header(head, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, req.cookie,
                       8 + req.length);
   put64(out.head.data() + kChunkHeaderSize, req.offset);
   out.head_len = kChunkHeaderSize + 8;
-  co_return out;
 }
 
 // The whole reply (every chunk header and the data) goes in one buffer, the

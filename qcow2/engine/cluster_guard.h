@@ -50,6 +50,13 @@ class ClusterGuard {
   // Data cluster `host` (mapped by an L2 entry with OFLAG_COPIED at guest
   // offset `guest`) is about to be written in place.
   task<> rewrite_data(std::uint64_t host, std::uint64_t guest);
+  // rewrite_data's check decided without suspending: true only when it
+  // passes now (refcount block cached); false when it fails or needs I/O,
+  // and then the caller runs rewrite_data, which reports a failure.
+  bool rewrite_data_passes_now(std::uint64_t host) {
+    return !metadata_.contains_cluster(g_.cluster_index(host)) &&
+           refcounts_.peek(g_.cluster_index(host)) == std::optional<std::uint64_t>(1);
+  }
   // The L2 table at `host` (its L1 entry has OFLAG_COPIED) gets new entries.
   task<> rewrite_table(std::uint64_t host);
   // The L2 entry `e` of guest offset `guest` is about to stop referencing
@@ -67,6 +74,8 @@ class ClusterGuard {
   // Every cluster an active L2 table maps, the first time the table is used
   // on a writable image: refcount at least 1, not metadata, not given out.
   task<> first_use(const Table& t, std::uint64_t guest_base);
+  // Whether first_use() passed for the table at `offset` (or it is ours).
+  bool checked(std::uint64_t offset) const { return checked_tables_.count(offset) != 0; }
 
  private:
   // `what` describes the cluster in the log line; built only on failure.

@@ -62,6 +62,11 @@ struct MapRun {
   format::L2Entry entry{};  // Compressed: the L2 entry
 };
 
+// Host offset of the cluster of entry `e` if guest bytes [from, to) of it
+// may be written in place (ours: OFLAG_COPIED, allocated data), else 0.
+std::uint64_t in_place_host(const format::Geometry& g, const format::L2Entry& e, std::uint64_t from,
+                            std::uint64_t to);
+
 struct ImageConfig {
   std::string name;  // for log messages
   bool read_only = false;
@@ -99,6 +104,10 @@ class Image {
   task<> flush();
   task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length);
   task<> close();
+  // The request fast path (BlockBackend::start_read/start_write): a range
+  // inside one data cluster whose L2 table is cached (fast_path.cpp).
+  bool start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c);
+  bool start_write(std::uint64_t offset, std::span<const std::byte> buf, io::Completion* c);
 
   // Client operations in progress (Qcow2Backend counts them). A flush that
   // is alone syncs on the event-loop thread: nothing else waits for the
@@ -153,6 +162,20 @@ class Image {
   }
   // Whether a cluster with entry `e` at `guest` reads as zeros throughout.
   bool reads_as_zero(const format::L2Entry& e, std::uint64_t guest) const;
+
+  // ---- the fast path (fast_path.cpp)
+  // A fast I/O in flight: counted as an active operation, holding its claim.
+  struct FastHold : io::Completion {
+    Image* image = nullptr;
+    io::Completion* outer = nullptr;
+    std::optional<Inflight::Guard> claim;
+  };
+  const Table* cached_l2(std::uint64_t offset);
+  std::optional<std::uint64_t> cached_data_host(std::uint64_t offset, std::uint64_t length);
+  FastHold* take_hold(io::Completion* outer);
+  void give_back(FastHold* h);
+  static void fast_complete(io::Completion* c, int res);
+  std::vector<std::unique_ptr<FastHold>> fast_holds_;
 
   // ---- reads (read.cpp)
   task<> read_runs(const std::vector<MapRun>& runs, std::uint64_t base, std::span<std::byte> buf);

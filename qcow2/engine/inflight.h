@@ -40,7 +40,12 @@ class Inflight {
   std::optional<Guard> try_claim(std::uint64_t first, std::uint64_t last, bool exclusive) {
     for (const Claim& c : claims_)
       if (c.first <= last && first <= c.last && (exclusive || c.exclusive)) return std::nullopt;
-    claims_.push_back({first, last, exclusive});
+    // Nodes move between the lists: claiming allocates nothing once warm.
+    if (spare_.empty())
+      claims_.push_back({first, last, exclusive});
+    else
+      claims_.splice(claims_.end(), spare_, spare_.begin());
+    claims_.back() = {first, last, exclusive};
     return Guard(this, std::prev(claims_.end()));
   }
   boost::asio::awaitable<void> changed() { co_await released_.wait(); }
@@ -54,10 +59,11 @@ class Inflight {
 
  private:
   void release(std::list<Claim>::iterator it) {
-    claims_.erase(it);
+    spare_.splice(spare_.end(), claims_, it);
     released_.notify_all();
   }
   std::list<Claim> claims_;
+  std::list<Claim> spare_;
   WaitQueue released_;
 };
 

@@ -56,6 +56,15 @@ task<std::uint64_t> Refcounts::get(std::uint64_t cluster) {
   co_return get_refcount((*b)->data.data(), g_.refcount_order(), g_.refblock_index(cluster));
 }
 
+std::optional<std::uint64_t> Refcounts::peek(std::uint64_t cluster) {
+  const std::uint64_t ri = g_.reftable_index(cluster);
+  if (ri >= reftable_.size() || reftable_block_offset(reftable_[ri]) == 0) return 0;
+  const std::uint64_t off = reftable_block_offset(reftable_[ri]);
+  const Table* b = off % g_.cluster_size() ? nullptr : cache_.peek(off);
+  if (!b) return std::nullopt;
+  return get_refcount(b->data.data(), g_.refcount_order(), g_.refblock_index(cluster));
+}
+
 task<> Refcounts::set(std::uint64_t cluster, std::uint64_t value, Avoid avoid) {
   auto b = co_await block_for(cluster, true, avoid);
   if (!b) co_return b.error();

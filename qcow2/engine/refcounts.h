@@ -20,6 +20,7 @@
 #include "qcow2/format/geometry.h"
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace qnbd::qcow2 {
@@ -39,6 +40,9 @@ class Refcounts {
             std::size_t cache_tables, MetadataMap& metadata);
 
   task<std::uint64_t> get(std::uint64_t cluster);
+  // The refcount if its block is cached (no I/O, no suspension), else
+  // nullopt (also for a block offset get() would report as corrupt).
+  std::optional<std::uint64_t> peek(std::uint64_t cluster);
   // Adds `delta` (may be negative) to a cluster's refcount, now.
   task<> update(std::uint64_t cluster, std::int64_t delta);
   // Allocates n clusters with refcount 1, lowest free first.

@@ -38,6 +38,15 @@ class TableCache {
 
   // The table at `offset`, loaded from the file on a miss.
   task<std::shared_ptr<Table>> get(std::uint64_t offset);
+  // The table at `offset` if it is cached and loaded (counted as a use),
+  // else null; never suspends. The pointer is valid until the caller next
+  // suspends.
+  Table* peek(std::uint64_t offset) {
+    auto it = tables_.find(offset);
+    if (it == tables_.end() || it->second->loading || it->second->load_error) return nullptr;
+    touch(*it->second);
+    return it->second.get();
+  }
   // A new all-zero table at `offset` (no read), already dirty.
   std::shared_ptr<Table> create(std::uint64_t offset);
   // The whole table changed, or only bytes [from, to) of it: write-back

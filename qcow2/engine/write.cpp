@@ -34,9 +34,6 @@ task<> Image::write(std::uint64_t offset, std::span<const std::byte> buf, bool f
   co_return result<>{};
 }
 
-namespace {
-
-// Host offset of a cluster we may write in place, or 0.
 std::uint64_t in_place_host(const Geometry& g, const L2Entry& e, std::uint64_t from,
                             std::uint64_t to) {
   if (!l2_copied(e) || l2_compressed(e) || l2_reserved_bits_set(g, e)) return 0;
@@ -46,8 +43,6 @@ std::uint64_t in_place_host(const Geometry& g, const L2Entry& e, std::uint64_t f
     if (subcluster_type(g, e, g.subcluster_index(p)) != SubclusterType::Normal) return 0;
   return host;
 }
-
-}  // namespace
 
 task<> Image::write_piece(std::uint64_t offset, std::span<const std::byte> buf) {
   const std::uint64_t c0 = g_.cluster_index(offset);
