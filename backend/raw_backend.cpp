@@ -21,10 +21,11 @@ RawBackend::RawBackend(std::unique_ptr<io::File> file)
 Capabilities RawBackend::capabilities() const {
   Capabilities c;
   c.read_only = file_->read_only();
-  // With O_DIRECT the client must send aligned requests (it learns the
-  // minimum from NBD_INFO_BLOCK_SIZE); every buffer we pass is 4 KiB aligned.
-  c.min_block = file_->alignment();
-  c.preferred_block = std::max<std::uint32_t>(4096, c.min_block);
+  // Byte-granular in every mode, as qemu-nbd: with O_DIRECT the file layer
+  // does an unaligned request's read-modify-write itself (io::UringFile's
+  // bounce buffer); aligned ones, which clients prefer, go straight through.
+  c.min_block = 1;
+  c.preferred_block = std::max<std::uint32_t>(4096, file_->alignment());
   return c;
 }
 
