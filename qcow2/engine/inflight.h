@@ -38,8 +38,11 @@ class Inflight {
   // Claims clusters first..last (inclusive) if nothing conflicts; otherwise returns false and
   // the caller waits with changed() and re-examines the clusters.
   std::optional<Guard> try_claim(std::uint64_t first, std::uint64_t last, bool exclusive) {
-    for (const Claim& c : claims_)
-      if (c.first <= last && first <= c.last && (exclusive || c.exclusive)) return std::nullopt;
+    // A shared claim conflicts only with exclusive ones: none, no scan.
+    if (exclusive || exclusive_ != 0)
+      for (const Claim& c : claims_)
+        if (c.first <= last && first <= c.last && (exclusive || c.exclusive)) return std::nullopt;
+    exclusive_ += exclusive;
     // Nodes move between the lists: claiming allocates nothing once warm.
     if (spare_.empty())
       claims_.push_back({first, last, exclusive});
@@ -59,11 +62,13 @@ class Inflight {
 
  private:
   void release(std::list<Claim>::iterator it) {
+    exclusive_ -= it->exclusive;
     spare_.splice(spare_.end(), claims_, it);
     released_.notify_all();
   }
   std::list<Claim> claims_;
   std::list<Claim> spare_;
+  std::size_t exclusive_ = 0;  // exclusive claims in claims_
   WaitQueue released_;
 };
 
