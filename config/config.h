@@ -33,6 +33,7 @@ struct AllowRule {
   std::uint32_t uid = 0;
   std::string name;  // dn (normalised) or PSK user name
   std::string text;  // as written, for messages
+  bool operator==(const AllowRule&) const = default;
 };
 
 struct Export {
@@ -56,6 +57,10 @@ struct Export {
   unsigned defrag_threshold = 90;
   // Empty: every client may use the export; else a client matching any rule.
   std::vector<AllowRule> allow;
+  // Read-only exports only: take no lock that keeps writers out, as qemu's
+  // -U / force-share (the client may then see the image change under it).
+  bool force_share = false;
+  bool operator==(const Export&) const = default;
 };
 
 // TLS of a listener (server/tls_context.h). Without an explicit mode, TLS is
@@ -80,6 +85,12 @@ struct Config {
   unsigned max_connections = 100;
   unsigned workers = 0;  // worker threads; 0 = one per core, at most 8
   unsigned handshake_timeout_s = 10;
+  // Connections still negotiating, bounded apart from max_connections; when
+  // full the oldest is closed. Per client IP address too (not Unix sockets).
+  unsigned max_handshakes = 128;
+  unsigned max_handshakes_per_address = 16;
+  // Every *.yaml in this directory holds more exports (conf.d style).
+  std::optional<std::string> exports_dir;
   LogLevel log_level = LogLevel::info;
   std::optional<std::string> pid_file;
   bool fork = false;  // detach once listening (like qemu-nbd --fork)
@@ -89,8 +100,8 @@ struct Config {
   std::string config_file;
 };
 
-// Checks cross-field rules (at least one export, unique names, files exist
-// and are readable). Throws ConfigError.
+// Checks cross-field rules (at least one export unless exports_dir is set, unique names, files
+// exist and are readable). Throws ConfigError.
 void validate(const Config& cfg);
 
 }  // namespace qnbd::config

@@ -41,6 +41,8 @@ void check_export(const Export& e) {
   if (e.path.empty()) throw ConfigError(export_label(e) + ": no image path");
   if (auto p = image_file_problem(e.path, e.read_only); !p.empty())
     throw ConfigError(export_label(e) + ": image '" + e.path + "': " + p);
+  if (e.force_share && !e.read_only)
+    throw ConfigError(export_label(e) + ": force_share needs a read-only export");
   if (!std::isfinite(e.cache_clean_interval) || e.cache_clean_interval < 0)
     throw ConfigError(export_label(e) + ": cache_clean_interval must be >= 0 seconds");
 }
@@ -97,7 +99,10 @@ void validate(const Config& cfg) {
   if (cfg.max_connections == 0) throw ConfigError("max_connections must be at least 1");
   if (cfg.handshake_timeout_s == 0)
     throw ConfigError("handshake_timeout must be at least 1 second");
-  if (cfg.exports.empty()) throw ConfigError("no exports configured");
+  if (cfg.exports.empty() && !cfg.exports_dir) throw ConfigError("no exports configured");
+  if (cfg.max_handshakes == 0) throw ConfigError("max_handshakes must be at least 1");
+  if (cfg.max_handshakes_per_address == 0)
+    throw ConfigError("max_handshakes_per_address must be at least 1");
   std::map<std::string, std::size_t> seen;
   for (std::size_t i = 0; i < cfg.exports.size(); ++i) {
     const Export& e = cfg.exports[i];

@@ -6,6 +6,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -125,8 +126,13 @@ struct Reader {
     return msg;
   }
 
+  // Where each export name was first defined ("line 3" or "FILE:3"), across
+  // the main file and the exports_dir files.
+  using Seen = std::map<std::string, std::pair<std::string, int>>;
+
   Config read(const YAML::Node& root) const;
-  void read_exports(const YAML::Node& list, Config& cfg) const;
+  void read_exports(const YAML::Node& list, Config& cfg, Seen& seen) const;
+  void read_exports_dir(const YAML::Node& at, Config& cfg, Seen& seen) const;
   void check_export(const YAML::Node& map, const std::string& where, const Export& e) const;
 };
 
@@ -183,7 +189,9 @@ void read_allow(const Reader& r, const YAML::Node& n, const std::string& w, Expo
   }
 }
 
-const std::array<Field<Export>, 14> export_fields{{
+const std::array<Field<Export>, 15> export_fields{{
+    {"force_share", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                       Export& e) { e.force_share = r.boolean(n, w); }},
     {"name", [](const Reader& r, const YAML::Node& n, const std::string& w,
                 Export& e) { e.name = r.nbd_string(n, w); }},
     {"path", [](const Reader& r, const YAML::Node& n, const std::string& w,
@@ -232,7 +240,22 @@ const std::array<Field<Export>, 14> export_fields{{
      }},
 }};
 
-const std::array<Field<Config>, 7> config_fields{{
+const std::array<Field<Config>, 10> config_fields{{
+    {"max_handshakes",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
+       c.max_handshakes = static_cast<unsigned>(r.uint(n, w, 1, max_connections_limit));
+     }},
+    {"max_handshakes_per_address",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
+       c.max_handshakes_per_address = static_cast<unsigned>(r.uint(n, w, 1, max_connections_limit));
+     }},
+    {"exports_dir",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
+       c.exports_dir = r.path(n, w);
+       std::error_code ec;
+       if (!fs::is_directory(*c.exports_dir, ec))
+         r.fail(n, w + ": '" + *c.exports_dir + "' is not a directory");
+     }},
     {"listen",
      [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
        r.read_map(n, w, listen_fields, c.listen);
@@ -255,8 +278,7 @@ const std::array<Field<Config>, 7> config_fields{{
      }},
     {"pid_file", [](const Reader& r, const YAML::Node& n, const std::string& w,
                     Config& c) { c.pid_file = r.optional_path(n, w); }},
-    {"exports", [](const Reader& r, const YAML::Node& n, const std::string&,
-                   Config& c) { r.read_exports(n, c); }},
+    {"exports", [](const Reader&, const YAML::Node&, const std::string&, Config&) {}},
 }};
 
 Config Reader::read(const YAML::Node& root) const {
@@ -264,14 +286,55 @@ Config Reader::read(const YAML::Node& root) const {
     throw ConfigError(file + ":1: empty config; it needs at least an 'exports' list");
   Config cfg;
   read_map(root, "", config_fields, cfg);
-  if (!root["exports"]) fail(root, "missing 'exports' (a list of images to serve)");
+  // Exports are read after the other keys so that exports_dir is known.
+  Seen seen;
+  if (root["exports"])
+    read_exports(root["exports"], cfg, seen);
+  else if (!cfg.exports_dir)
+    fail(root, "missing 'exports' (a list of images to serve) or 'exports_dir'");
+  if (cfg.exports_dir) read_exports_dir(root["exports_dir"], cfg, seen);
   return cfg;
 }
 
-void Reader::read_exports(const YAML::Node& list, Config& cfg) const {
+YAML::Node load_yaml(const std::string& text, const std::string& file_name) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError(file_name + ":" + std::to_string(e.mark.line + 1) +
+                      ": invalid YAML: " + e.msg);
+  }
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(path + ": cannot read config: " + std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw ConfigError(path + ": cannot read config: " + std::strerror(errno));
+  return text.str();
+}
+
+// Each *.yaml file of the directory, in name order, is a map with one key,
+// 'exports'; its relative paths are resolved against the directory.
+void Reader::read_exports_dir(const YAML::Node& at, Config& cfg, Seen& seen) const {
+  std::vector<fs::path> files;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(*cfg.exports_dir, ec))
+    if (entry.path().extension() == ".yaml" && !entry.is_directory()) files.push_back(entry.path());
+  if (ec) fail(at, "exports_dir: '" + *cfg.exports_dir + "': " + ec.message());
+  std::sort(files.begin(), files.end());
+  for (const auto& f : files) {
+    Reader sub{f.string(), f.parent_path()};
+    const YAML::Node root = load_yaml(read_text(f.string()), sub.file);
+    if (!root.IsMap() || root.size() != 1 || !root["exports"])
+      sub.fail(root, "expected a map with one key, 'exports' (a list of images to serve)");
+    sub.read_exports(root["exports"], cfg, seen);
+  }
+}
+
+void Reader::read_exports(const YAML::Node& list, Config& cfg, Seen& seen) const {
   if (!list.IsSequence()) fail(list, "exports: expected a list of exports, got " + kind(list));
   if (list.size() == 0) fail(list, "exports: empty list; at least one export is needed");
-  std::map<std::string, int> first_line;
   for (std::size_t i = 0; i < list.size(); ++i) {
     const YAML::Node& map = list[i];
     std::string where = "exports[" + std::to_string(i) + "]";
@@ -279,9 +342,14 @@ void Reader::read_exports(const YAML::Node& list, Config& cfg) const {
     read_map(map, where, export_fields, e);
     check_export(map, where, e);
     const YAML::Node name = map["name"];
-    if (auto [it, fresh] = first_line.emplace(e.name, line_of(name ? name : map)); !fresh)
+    if (auto [it, fresh] = seen.emplace(e.name, std::pair(file, line_of(name ? name : map)));
+        !fresh) {
+      const auto& [first_file, first_line] = it->second;
       fail(name ? name : map, where + ": duplicate export name '" + e.name +
-                                  "' (first defined at line " + std::to_string(it->second) + ")");
+                                  "' (first defined at " +
+                                  (first_file == file ? "" : first_file + ":") + "line " +
+                                  std::to_string(first_line) + ")");
+    }
     cfg.exports.push_back(std::move(e));
   }
 }
@@ -297,13 +365,7 @@ void Reader::check_export(const YAML::Node& map, const std::string& where, const
 
 Config parse_config_text(const std::string& text, const std::string& file_name,
                          const fs::path& base_dir) {
-  YAML::Node root;
-  try {
-    root = YAML::Load(text);
-  } catch (const YAML::ParserException& e) {
-    throw ConfigError(file_name + ":" + std::to_string(e.mark.line + 1) +
-                      ": invalid YAML: " + e.msg);
-  }
+  const YAML::Node root = load_yaml(text, file_name);
   Reader reader{file_name, base_dir};
   Config cfg = reader.read(root);
   try {
@@ -318,13 +380,8 @@ Config load_config_file(const std::string& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec))
     throw ConfigError(path + ": is a directory, expected a YAML file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(path + ": cannot read config: " + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw ConfigError(path + ": cannot read config: " + std::strerror(errno));
   fs::path base = fs::absolute(fs::path(path), ec).parent_path();
-  Config cfg = parse_config_text(text.str(), path, base);
+  Config cfg = parse_config_text(read_text(path), path, base);
   cfg.config_file = fs::absolute(fs::path(path), ec).lexically_normal().string();
   return cfg;
 }
