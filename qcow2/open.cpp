@@ -73,6 +73,7 @@ class ChainOpener final : public BackingResolver {
     if (!file) throw std::runtime_error(path + ": " + file.error().message());
     std::string fmt = format;
     if (fmt.empty()) fmt = has_qcow2_magic(path) ? "qcow2" : "raw";
+    if (opts_.before_use) opts_.before_use(path, fmt == "qcow2", read_only);
     if (fmt == "raw") co_return std::make_unique<RawBackend>(std::move(*file));
     if (fmt != "qcow2") throw std::runtime_error(path + ": unsupported image format '" + fmt + "'");
     if (!read_only && has_dirty_bit(path)) {

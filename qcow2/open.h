@@ -9,6 +9,7 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -22,6 +23,10 @@ struct OpenOptions {
   bool lazy_refcounts = false;  // dirty-bit mode: refcounts written at close only
   double cache_clean_interval = 5.0;
   DefragOptions defrag;  // online defragmentation of the image (not of backing files)
+  // Called for the image and each backing file once its format is known and
+  // before anything is read or repaired (the server takes QEMU's image
+  // locks here); may throw std::runtime_error to refuse the file.
+  std::function<void(const std::string& path, bool qcow2, bool read_only)> before_use;
 };
 
 // True if the file starts with the qcow2 magic "QFI\xfb".

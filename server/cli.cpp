@@ -90,6 +90,8 @@ const Option options[] = {
      [](Targets& t, std::string_view v) { t.exp.description = nbd_string(v); }},
     {'r', "read-only", "", Scope::per_export,
      [](Targets& t, std::string_view) { t.exp.read_only = true; }},
+    {0, "force-share", "", Scope::per_export,
+     [](Targets& t, std::string_view) { t.exp.force_share = true; }},
     {'f', "format", "FMT", Scope::per_export,
      [](Targets& t, std::string_view v) { t.exp.format = config::parse_format(v); }},
     {0, "cache", "MODE", Scope::per_export,
@@ -336,6 +338,8 @@ Export (single-image mode only; with --config set them per export):
   -x, --export-name=NAME     export name (default: the empty name)
   -D, --description=TEXT     export description shown to clients
   -r, --read-only            refuse writes
+      --force-share          with -r: let other processes write the image
+                             (take no lock that keeps them out, as qemu -U)
   -f, --format=raw|qcow2     image format (default: detect by magic)
       --cache=writeback|none none = O_DIRECT, bypassing the page cache
       --l2-cache-size=SIZE   qcow2 L2 table cache in bytes; K, M, G, T suffixes
@@ -352,7 +356,8 @@ TLS (STARTTLS; files as qemu's tls-creds-x509 and nbdkit read them):
 
 Server:
   -C, --config=FILE          serve the exports of a YAML file
-      --check-config         validate the options or FILE, print OK and exit
+      --check-config         validate the options or FILE (opening every image
+                             and testing its locks), print OK and exit
       --max-connections=N    limit simultaneous clients (default 100)
       --workers=N            I/O threads (default: one per core, at most 8)
       --handshake-timeout=SECONDS  drop clients that do not finish (default 10)
@@ -364,11 +369,13 @@ Server:
   -V, --version              print the version and exit
 
 qnbd serves until SIGINT or SIGTERM, then finishes in-flight requests.
+SIGHUP re-reads the config file: exports added, removed or changed live.
 Started by systemd with a listening socket (LISTEN_FDS), it serves that socket.
 )";
 }
 
-config::Config parse_command_line(int argc, char** argv) {
+config::Config parse_command_line(int argc, char** argv,
+                                  const std::function<void(const config::Config&)>& deep_check) {
   std::vector<std::string_view> args(argv + (argc > 0 ? 1 : 0), argv + argc);
   CliResult r = parse_cli(args);
   switch (r.action) {
@@ -381,6 +388,7 @@ config::Config parse_command_line(int argc, char** argv) {
       std::fputs(version_text().c_str(), stdout);
       break;
     case CliAction::check_config:
+      if (deep_check) deep_check(r.config);
       std::printf("qnbd: configuration OK (%zu export%s)\n", r.config.exports.size(),
                   r.config.exports.size() == 1 ? "" : "s");
       break;

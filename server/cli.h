@@ -13,6 +13,7 @@
 
 #include "config/config.h"
 
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -40,7 +41,9 @@ std::string version_text();
 
 // For main(): --help, --version and --check-config print to stdout and
 // exit(0) here; otherwise returns the validated config to serve. Throws
-// config::ConfigError (print what() and exit 1).
-config::Config parse_command_line(int argc, char** argv);
+// config::ConfigError (print what() and exit 1). --check-config first runs
+// `deep_check` (opening the images), which throws std::exception on a problem.
+config::Config parse_command_line(
+    int argc, char** argv, const std::function<void(const config::Config&)>& deep_check = {});
 
 }  // namespace qnbd::server

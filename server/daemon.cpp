@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <ctime>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -74,6 +75,13 @@ void ready(const std::string& status) {
 }
 
 void notify_stopping() { sd_notify("STOPPING=1"); }
+
+void notify_reloading() {
+  timespec now{};
+  ::clock_gettime(CLOCK_MONOTONIC, &now);
+  const long long usec = now.tv_sec * 1000000LL + now.tv_nsec / 1000;
+  sd_notify("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(usec));
+}
 
 void write_pid_file(const std::string& path) {
   std::ofstream f(path, std::ios::trunc);

@@ -14,6 +14,8 @@ void fork_and_wait_for_ready();
 // Tells the waiting parent and systemd (NOTIFY_SOCKET) that we serve.
 void ready(const std::string& status);
 void notify_stopping();
+// systemd's reload protocol: RELOADING=1 first, then ready() when done.
+void notify_reloading();
 void write_pid_file(const std::string& path);
 // Listening sockets passed by systemd (LISTEN_PID/LISTEN_FDS), from fd 3.
 std::vector<int> inherited_listen_fds();

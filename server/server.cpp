@@ -13,6 +13,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
+
 namespace qnbd::server {
 
 using boost::asio::awaitable;
@@ -32,6 +35,72 @@ Server::Server(boost::asio::io_context& ctx, const config::Config& cfg, ExportRe
       load_(workers.size(), 0),
       idle_(ctx) {}
 
+namespace {
+
+// The client's IP address; "" for a Unix socket.
+std::string client_address(const Socket& s) {
+  error_code ec;
+  auto ep = s.remote_endpoint(ec);
+  if (ec) return {};
+  const int family = ep.protocol().family();
+  if (family != AF_INET && family != AF_INET6) return {};
+  boost::asio::ip::tcp::endpoint tcp;
+  std::size_t n = std::min<std::size_t>(ep.size(), sizeof(sockaddr_in6));
+  std::memcpy(tcp.data(), ep.data(), n);
+  tcp.resize(n);
+  return tcp.address().to_string();
+}
+
+}  // namespace
+
+void Server::update_limits(const config::Config& cfg) {
+  cfg_.max_connections = cfg.max_connections;
+  cfg_.max_handshakes = cfg.max_handshakes;
+  cfg_.max_handshakes_per_address = cfg.max_handshakes_per_address;
+  cfg_.handshake_timeout_s = cfg.handshake_timeout_s;
+}
+
+void Server::evict(Handshaking& h) {
+  h.evicted = true;
+  --open_handshakes_;
+  if (!h.address.empty() && --per_address_[h.address] == 0) per_address_.erase(h.address);
+  h.conn->close();  // its negotiate() returns and serve() cleans up
+}
+
+void Server::bound_handshakes(const std::string& address) {
+  auto oldest = [&](auto pred) {
+    for (auto& h : handshaking_)
+      if (!h.evicted && pred(h)) return &h;
+    return static_cast<Handshaking*>(nullptr);
+  };
+  if (!address.empty() && per_address_[address] >= cfg_.max_handshakes_per_address) {
+    if (auto* h = oldest([&](const Handshaking& x) { return x.address == address; })) {
+      spdlog::info("{}: closing its oldest handshake ({} in progress from this address)",
+                   h->conn->peer(), cfg_.max_handshakes_per_address);
+      evict(*h);
+    }
+  }
+  if (open_handshakes_ >= cfg_.max_handshakes) {
+    if (auto* h = oldest([](const Handshaking&) { return true; })) {
+      spdlog::info("{}: closing the oldest handshake ({} in progress)", h->conn->peer(),
+                   cfg_.max_handshakes);
+      evict(*h);
+    }
+  }
+}
+
+void Server::handshake_done(HandshakeList::iterator it) {
+  if (!it->evicted) {
+    --open_handshakes_;
+    if (!it->address.empty() && --per_address_[it->address] == 0) per_address_.erase(it->address);
+  }
+  handshaking_.erase(it);
+  // An unlisted export can be freed once no handshake older than its closing
+  // can still hold a pointer to it.
+  exports_.collect(handshaking_.empty() ? ExportRegistry::Clock::now()
+                                        : handshaking_.front().start);
+}
+
 void Server::start() {
   for (auto& a : listeners_.acceptors)
     boost::asio::co_spawn(ctx_, accept_loop(a), boost::asio::detached);
@@ -48,13 +117,17 @@ awaitable<void> Server::accept_loop(Acceptor& a) {
       co_await t.async_wait(boost::asio::as_tuple(use_awaitable));
       continue;
     }
-    if (connections_ >= cfg_.max_connections) {
-      spdlog::warn("refusing connection: {} clients already connected", connections_);
+    // Only negotiated clients count against max_connections; handshakes
+    // have their own bounds.
+    if (sessions_.size() >= cfg_.max_connections) {
+      spdlog::warn("refusing connection: {} clients already connected", sessions_.size());
       error_code ignored;
       s.close(ignored);
       continue;
     }
-    boost::asio::co_spawn(ctx_, serve(std::move(s)), boost::asio::detached);
+    std::string address = client_address(s);
+    bound_handshakes(address);
+    boost::asio::co_spawn(ctx_, serve(std::move(s), std::move(address)), boost::asio::detached);
   }
 }
 
@@ -74,7 +147,7 @@ unsigned Server::place(const Export& e, unsigned home) {
   return best;
 }
 
-awaitable<void> Server::serve(Socket s) {
+awaitable<void> Server::serve(Socket s, std::string address) {
   ++connections_;
   if (s.local_endpoint().protocol().family() != AF_UNIX) {
     error_code ignored;
@@ -83,16 +156,28 @@ awaitable<void> Server::serve(Socket s) {
   std::string peer = peer_name(s);
   spdlog::debug("{}: connected", peer);
   Connection conn(std::move(s), peer);
-  handshaking_.insert(&conn);
+  ++open_handshakes_;
+  if (!address.empty()) ++per_address_[address];
+  auto me = handshaking_.insert(handshaking_.end(), {&conn, address, ExportRegistry::Clock::now()});
   boost::asio::steady_timer limit(ctx_, std::chrono::seconds(cfg_.handshake_timeout_s));
   auto outcome = co_await (negotiate(conn, exports_, tls_.get()) ||
                            limit.async_wait(boost::asio::as_tuple(use_awaitable)));
-  handshaking_.erase(&conn);
   std::optional<Negotiated> neg;
   if (outcome.index() == 0)
     neg = std::get<0>(outcome);
   else
     spdlog::info("{}: handshake not finished within {} s, closing", peer, cfg_.handshake_timeout_s);
+  // The export may have been removed (and closed) by a reload meanwhile, and
+  // the connection bound may have filled while this client negotiated.
+  if (neg && (!exports_.listed(neg->exp) || neg->exp->closing)) {
+    spdlog::info("{}: export '{}' was removed during the handshake, closing", peer, neg->exp->name);
+    neg.reset();
+  }
+  handshake_done(me);  // after the last look at an unlisted export
+  if (neg && sessions_.size() >= cfg_.max_connections) {
+    spdlog::warn("{}: refusing connection: {} clients already connected", peer, sessions_.size());
+    neg.reset();
+  }
   if (neg && !stopping_) {
     spdlog::debug("{}: export '{}' ({}structured replies)", peer, neg->exp->name,
                   neg->structured ? "" : "no ");
@@ -117,6 +202,7 @@ awaitable<void> Server::serve(Socket s) {
       if (w < load_.size()) --load_[w];
       --e.connections;
       sessions_.erase(session);
+      if (e.connections == 0 && export_idle_) export_idle_(e);
     }
   } else {
     conn.close();
@@ -133,16 +219,11 @@ awaitable<void> Server::shutdown() {
     error_code ignored;
     a.close(ignored);
   }
-  for (auto* c : handshaking_) c->close();
+  for (auto& h : handshaking_) h.conn->close();
   for (auto& s : sessions_) s->stop();
   while (connections_ > 0) {
     idle_.expires_at(boost::asio::steady_timer::time_point::max());
     co_await idle_.async_wait(boost::asio::as_tuple(use_awaitable));
-  }
-  for (auto& e : exports_.all()) {
-    auto r =
-        co_await boost::asio::co_spawn(e->home->get_executor(), e->backend->close(), use_awaitable);
-    if (!r) spdlog::error("export '{}': closing failed: {}", e->name, r.error().message());
   }
   if (!listeners_.unix_path.empty()) ::unlink(listeners_.unix_path.c_str());
 }
