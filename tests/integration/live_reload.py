@@ -102,8 +102,7 @@ def wait_log(srv, text, timeout=20):
                 return
         srv.assert_alive()
         time.sleep(0.02)
-    srv.dump_log()
-    raise AssertionError(f"server never logged {text!r}")
+    raise AssertionError(f"server never logged {text!r}\n{srv.log_tail()}")
 
 
 def test_add_remove_update(tmp):
