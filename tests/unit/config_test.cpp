@@ -460,42 +460,42 @@ TEST_SUITE("config") {
 
   TEST_CASE("yaml: exports_dir, force_share and handshake bounds") {
     TempDir dir;
-    dir.file("a.img");
-    dir.file("d/b.img");
-    dir.file("d/c.img");
-    dir.file("d/10-b.yaml",
+    dir.write("a.img");
+    dir.write("d/b.img");
+    dir.write("d/c.img");
+    dir.write("d/10-b.yaml",
              "exports:\n  - {name: b, path: b.img, read_only: true, force_share: true}\n");
-    dir.file("d/20-c.yaml", "exports:\n  - {name: c, path: c.img}\n");
-    dir.file("d/ignored.txt", "not yaml");
+    dir.write("d/20-c.yaml", "exports:\n  - {name: c, path: c.img}\n");
+    dir.write("d/ignored.txt", "not yaml");
     Config c = parse_config_text(
         "max_handshakes: 5\nmax_handshakes_per_address: 2\nexports_dir: d\n"
         "exports:\n  - {name: a, path: a.img}\n",
-        "test.yaml", dir.path);
+        "test.yaml", dir.path());
     CHECK(c.max_handshakes == 5);
     CHECK(c.max_handshakes_per_address == 2);
     REQUIRE(c.exports.size() == 3);
     CHECK(c.exports[0].name == "a");
     CHECK(c.exports[1].name == "b");
     CHECK(c.exports[1].force_share);
-    CHECK(c.exports[1].path == (dir.path / "d" / "b.img").string());
+    CHECK(c.exports[1].path == (dir.path() / "d" / "b.img").string());
     CHECK(c.exports[2].name == "c");
     // exports_dir alone is enough, even when it is empty
-    dir.file("empty/.keep", "");
-    CHECK(parse_config_text("exports_dir: empty\n", "test.yaml", dir.path).exports.empty());
-    const std::string d = (dir.path / "d").string();
-    dir.file("d/30-dup.yaml", "exports:\n  - {name: c, path: c.img}\n");
+    dir.write("empty/.keep", "");
+    CHECK(parse_config_text("exports_dir: empty\n", "test.yaml", dir.path()).exports.empty());
+    const std::string d = (dir.path() / "d").string();
+    dir.write("d/30-dup.yaml", "exports:\n  - {name: c, path: c.img}\n");
     CHECK(error_of(dir, "exports_dir: d\n") ==
           d + "/30-dup.yaml:2: exports[0]: duplicate export name 'c' (first defined at " + d +
               "/20-c.yaml:line 2)");
-    fs::remove(dir.path / "d" / "30-dup.yaml");
-    dir.file("d/40-bad.yaml", "exports:\n  - {name: x, path: missing.img}\n");
+    fs::remove(dir.path() / "d" / "30-dup.yaml");
+    dir.write("d/40-bad.yaml", "exports:\n  - {name: x, path: missing.img}\n");
     CHECK(error_of(dir, "exports_dir: d\n").find(d + "/40-bad.yaml:2: exports[0].path: image '") ==
           0);
-    dir.file("d/40-bad.yaml", "listen: {port: 1}\n");
+    dir.write("d/40-bad.yaml", "listen: {port: 1}\n");
     CHECK(error_of(dir, "exports_dir: d\n") ==
           d + "/40-bad.yaml:1: expected a map with one key, 'exports' (a list of images to serve)");
     CHECK(error_of(dir, "exports_dir: nowhere\n") ==
-          "test.yaml:1: exports_dir: '" + (dir.path / "nowhere").string() + "' is not a directory");
+          "test.yaml:1: exports_dir: '" + (dir.path() / "nowhere").string() + "' is not a directory");
     CHECK(error_of(dir, "exports:\n  - {name: a, path: a.img, force_share: true}\n") ==
           "test.yaml: export 'a': force_share needs a read-only export");
     CHECK(error_of(dir, "max_handshakes: 0\nexports: [{path: a.img}]\n") ==
