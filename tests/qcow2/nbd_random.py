@@ -162,7 +162,9 @@ def exercise(tmp, name, img, cluster, v3, backing, snapshot, seed):
     with open(raw, "rb") as f:
         model = Model(f.read(), cluster, v3, backing)
     with Server(tmp, img, fmt="qcow2") as srv:
-        p = run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", srv.uri(), img, check=False)
+        # -U: qnbd holds QEMU's write lock on the image it serves, as qemu-nbd does
+        p = run("qemu-img", "compare", "-U", "-f", "raw", "-F", "qcow2", srv.uri(), img,
+                check=False)
         assert p.returncode == 0, f"export reads differ from the image: {p.stdout}"
         h = nbd.NBD()
         h.connect_uri(srv.uri())
