@@ -12,7 +12,7 @@ PACKAGES=(
   libboost1.81-dev libyaml-cpp-dev libspdlog-dev libfmt-dev doctest-dev
   liburing-dev zlib1g-dev libzstd-dev libnbd-dev libssl-dev
   # real peers the tests talk to (gnutls-bin: certtool and psktool for the TLS tests)
-  qemu-utils libnbd-bin python3-libnbd nbdkit fio systemd gnutls-bin
+  qemu-utils libnbd-bin python3-libnbd nbdkit fio systemd gnutls-bin prometheus
   # the VM test (tests/vm): guests, their tools, host-side ext4 checks
   qemu-system-x86 busybox-static nbd-client e2fsprogs
 )

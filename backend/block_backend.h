@@ -3,6 +3,7 @@
 // the qcow2 adapter; the NBD front end knows nothing else about images.
 #pragma once
 
+#include "backend/backend_stats.h"
 #include "common/task.h"
 #include "io/completion.h"
 
@@ -85,6 +86,8 @@ class BlockBackend {
   bool start_write(std::uint64_t offset, std::span<const std::byte> buf, io::Completion* c);
   // Writes back everything dirty before the server exits.
   task<> close() { return do_close(); }
+  // For the metrics endpoint; called on the home worker.
+  virtual BackendStats stats() const { return {}; }
 
  protected:
   virtual task<> do_read(std::uint64_t offset, std::span<std::byte> buf) = 0;

@@ -14,6 +14,7 @@ class RawBackend final : public BlockBackend {
 
   std::uint64_t size() const override { return size_; }
   Capabilities capabilities() const override;
+  BackendStats stats() const override { return file_stats(*file_); }
 
  protected:
   task<> do_read(std::uint64_t offset, std::span<std::byte> buf) override;

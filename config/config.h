@@ -80,6 +80,12 @@ struct Listen {
   Tls tls;
 };
 
+// A TCP address to listen on, written "HOST:PORT" ("[V6]:PORT" for IPv6).
+struct Endpoint {
+  std::string host;
+  std::uint16_t port = 0;
+};
+
 struct Config {
   Listen listen;
   unsigned max_connections = 100;
@@ -95,6 +101,8 @@ struct Config {
   std::optional<std::string> pid_file;
   bool fork = false;  // detach once listening (like qemu-nbd --fork)
   std::vector<Export> exports;
+  // Prometheus metrics at http://HOST:PORT/metrics; off when unset.
+  std::optional<Endpoint> metrics;
   // Absolute path of the YAML file the config came from; "" for the command
   // line. Kept so a reload (SIGHUP) can read the same file again.
   std::string config_file;

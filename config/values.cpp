@@ -1,5 +1,7 @@
 #include "config/values.h"
 
+#include "config/validate.h"
+
 #include <algorithm>
 #include <array>
 #include <charconv>
@@ -122,6 +124,20 @@ double parse_seconds(std::string_view text, double hi) {
                      quoted(text));
   }
   return v;
+}
+
+Endpoint parse_endpoint(std::string_view text) {
+  const auto colon = text.rfind(':');
+  if (colon == text.npos) throw ValueError("expected HOST:PORT, got " + quoted(text));
+  std::string_view host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  else if (host.find(':') != host.npos)
+    throw ValueError("write an IPv6 address in brackets, [ADDR]:PORT, got " + quoted(text));
+  Endpoint e{std::string(host), 0};
+  if (auto p = host_problem(e.host); !p.empty()) throw ValueError(p);
+  e.port = static_cast<std::uint16_t>(parse_uint(text.substr(colon + 1), 1, 65535));
+  return e;
 }
 
 Format parse_format(std::string_view text) { return parse_enum(text, formats, "raw|qcow2"); }

@@ -38,6 +38,9 @@ double parse_seconds(std::string_view text, double hi);
 // "off" or "auto" (the YAML defrag: and --defrag): true for auto.
 bool parse_defrag_mode(std::string_view text);
 
+// "HOST:PORT" or "[IPV6]:PORT"; the host checked as host_problem() does.
+Endpoint parse_endpoint(std::string_view text);
+
 Format parse_format(std::string_view text);
 CacheMode parse_cache_mode(std::string_view text);
 LogLevel parse_log_level(std::string_view text);

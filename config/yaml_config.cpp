@@ -240,7 +240,14 @@ const std::array<Field<Export>, 15> export_fields{{
      }},
 }};
 
-const std::array<Field<Config>, 10> config_fields{{
+const std::array<Field<std::optional<Endpoint>>, 1> metrics_fields{{
+    {"listen",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, std::optional<Endpoint>& m) {
+       m = r.scalar(n, w, [](const std::string& s) { return parse_endpoint(s); });
+     }},
+}};
+
+const std::array<Field<Config>, 11> config_fields{{
     {"max_handshakes",
      [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
        c.max_handshakes = static_cast<unsigned>(r.uint(n, w, 1, max_connections_limit));
@@ -279,6 +286,11 @@ const std::array<Field<Config>, 10> config_fields{{
     {"pid_file", [](const Reader& r, const YAML::Node& n, const std::string& w,
                     Config& c) { c.pid_file = r.optional_path(n, w); }},
     {"exports", [](const Reader&, const YAML::Node&, const std::string&, Config&) {}},
+    {"metrics",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Config& c) {
+       r.read_map(n, w, metrics_fields, c.metrics);
+       if (!c.metrics) r.fail(n, w + ": missing 'listen' (HOST:PORT to serve /metrics on)");
+     }},
 }};
 
 Config Reader::read(const YAML::Node& root) const {

@@ -40,6 +40,10 @@ class File {
   virtual bool read_only() const = 0;
   // Required alignment of offsets, lengths and buffers (O_DIRECT), 1 if none.
   virtual std::uint32_t alignment() const { return 1; }
+  // Bytes the file system allocated to the file (metrics); size() if unknown.
+  virtual result<std::uint64_t> allocated() const { return size(); }
+  // Syncs started on this file so far (metrics); 0 if not counted.
+  virtual std::uint64_t syncs_started() const { return 0; }
 
   // The request fast path: starts one read (write) of buf at `offset` with
   // no coroutine and returns true, or returns false having started nothing

@@ -221,6 +221,7 @@ task<> UringFile::raw_writev(std::uint64_t offset, std::span<const iovec> iov) {
 }
 
 task<> UringFile::sync() {
+  ++syncs_;
   if (!ring_.available()) {
     if (::fdatasync(fd_) < 0) co_return last_errno();
     co_return result<>{};
@@ -235,6 +236,7 @@ task<> UringFile::sync() {
 // io_uring hands fsync to a kernel worker thread; waiting for it costs a
 // thread wake-up and an event-loop round on top of the sync itself.
 task<> UringFile::sync_blocking() {
+  ++syncs_;
   if (::fdatasync(fd_) < 0) co_return last_errno();
   co_return result<>{};
 }
@@ -271,6 +273,13 @@ result<> UringFile::truncate(std::uint64_t size) {
   if (read_only_) return make_error_code(errc::read_only);
   if (::ftruncate(fd_, static_cast<off_t>(size)) < 0) return last_errno();
   return {};
+}
+
+result<std::uint64_t> UringFile::allocated() const {
+  struct stat st;
+  if (::fstat(fd_, &st) < 0) return last_errno();
+  if (S_ISBLK(st.st_mode)) return size();
+  return static_cast<std::uint64_t>(st.st_blocks) * 512;
 }
 
 result<std::uint64_t> UringFile::size() const {

@@ -42,6 +42,8 @@ class UringFile final : public File {
   int fd() const { return fd_; }
   bool direct() const { return direct_; }
   std::uint32_t alignment() const override { return direct_ ? 512 : 1; }
+  result<std::uint64_t> allocated() const override;
+  std::uint64_t syncs_started() const override { return syncs_; }
 
  private:
   UringFile(Ring& ring, int fd, bool ro, bool direct)
@@ -59,6 +61,7 @@ class UringFile final : public File {
   int fd_;
   bool read_only_;
   bool direct_;
+  std::uint64_t syncs_ = 0;
 };
 
 }  // namespace qnbd::io

@@ -16,6 +16,7 @@ class Qcow2Backend final : public BlockBackend {
 
   std::uint64_t size() const override { return image_->size(); }
   Capabilities capabilities() const override;
+  BackendStats stats() const override { return image_->stats(); }
   Image& image() { return *image_; }
   // Online defragmentation on `ex` (the image's executor) until close.
   void start_defrag(const DefragOptions& o, const boost::asio::any_io_executor& ex);

@@ -127,6 +127,8 @@ const Option options[] = {
     {0, "pid-file", "PATH", Scope::global,
      [](Targets& t, std::string_view v) { t.cfg.pid_file = checked_path(v); }},
     {0, "fork", "", Scope::global, [](Targets& t, std::string_view) { t.cfg.fork = true; }},
+    {0, "metrics", "ADDR:PORT", Scope::global,
+     [](Targets& t, std::string_view v) { t.cfg.metrics = config::parse_endpoint(v); }},
     {0, "log-level", "LEVEL", Scope::global,
      [](Targets& t, std::string_view v) { t.cfg.log_level = config::parse_log_level(v); }},
     // qnbd always keeps serving after a client leaves; -t is accepted so
@@ -364,6 +366,7 @@ Server:
       --pid-file=PATH        write the server's PID to PATH
       --fork                 return once listening, serving in the background
       --log-level=LEVEL      trace, debug, info (default), warn or error
+      --metrics=ADDR:PORT    serve Prometheus metrics at http://ADDR:PORT/metrics
   -t, --persistent           accepted for qemu-nbd compatibility (always on)
   -h, --help                 print this help and exit
   -V, --version              print the version and exit

@@ -1,6 +1,7 @@
 #include "server/export_registry.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace qnbd::server {
 
@@ -20,10 +21,14 @@ Export& ExportRegistry::add(config::Export cfg, std::unique_ptr<BlockBackend> ba
   return *exports_.back();
 }
 
-Export* ExportRegistry::find(std::string_view name) {
-  for (auto& e : exports_)
+const Export* ExportRegistry::find(std::string_view name) const {
+  for (const auto& e : exports_)
     if (e->name == name) return e.get();
   return nullptr;
+}
+
+Export* ExportRegistry::find(std::string_view name) {
+  return const_cast<Export*>(std::as_const(*this).find(name));
 }
 
 bool ExportRegistry::listed(const Export* e) const {

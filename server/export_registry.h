@@ -45,6 +45,7 @@ class ExportRegistry {
               std::vector<io::ImageLock> locks, boost::asio::io_context& home);
   // A listed export (the ones clients can pick).
   Export* find(std::string_view name);
+  const Export* find(std::string_view name) const;
   const std::vector<std::unique_ptr<Export>>& all() const { return exports_; }
   bool listed(const Export* e) const;
   // An unlisted export that is still open (removed, clients connected).

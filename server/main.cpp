@@ -6,6 +6,8 @@
 #include "server/live_exports.h"
 #include "server/open_image.h"
 #include "server/reload.h"
+#include "server/logging.h"
+#include "server/metrics_http.h"
 #include "server/server.h"
 #include "server/workers.h"
 
@@ -16,12 +18,12 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <sys/stat.h>
 
 #include <csignal>
+#include <optional>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -30,29 +32,6 @@
 namespace {
 
 using namespace qnbd;
-
-spdlog::level::level_enum to_spdlog(config::LogLevel l) {
-  switch (l) {
-    case config::LogLevel::trace:
-      return spdlog::level::trace;
-    case config::LogLevel::debug:
-      return spdlog::level::debug;
-    case config::LogLevel::info:
-      return spdlog::level::info;
-    case config::LogLevel::warn:
-      return spdlog::level::warn;
-    case config::LogLevel::error:
-      return spdlog::level::err;
-  }
-  return spdlog::level::info;
-}
-
-void setup_logging(config::LogLevel level) {
-  auto logger = spdlog::stderr_color_mt("qnbd");
-  logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] %v");
-  logger->set_level(to_spdlog(level));
-  spdlog::set_default_logger(logger);
-}
 
 // True if the process named by the config's pid file (a running qnbd) has
 // `path` open: its image locks on that file are its own, not a conflict.
@@ -122,10 +101,12 @@ class Reloader {
         spdlog::warn("reload: '{}' changed; it takes effect only after a restart", key);
       co_await live_.reload(next.exports);
       srv_.update_limits(next);
-      spdlog::set_level(to_spdlog(next.log_level));
+      srv_.reload_tls();
+      server::set_log_level(next.log_level);
       next.listen = cfg_.listen;
       next.workers = cfg_.workers;
       next.pid_file = cfg_.pid_file;
+      next.metrics = cfg_.metrics;
       cfg_ = std::move(next);
       status = fmt::format("serving {} export(s)", live_.registry().all().size());
       spdlog::info("reload done: {}", status);
@@ -165,6 +146,12 @@ int serve(config::Config cfg, int argc, char** argv) {
   server::Server srv(ctx, cfg, live.registry(), workers, server::open_listeners(ctx, cfg.listen));
   srv.on_export_idle([&live](server::Export& e) { live.client_left(e); });
   srv.start();
+  std::optional<server::MetricsServer> metrics;
+  if (cfg.metrics) {
+    metrics.emplace(ctx, *cfg.metrics, live.registry());
+    metrics->start();
+    spdlog::info("metrics at {}", metrics->url());
+  }
   if (cfg.pid_file) server::daemon::write_pid_file(*cfg.pid_file);
   const auto where = fmt::format("{}", fmt::join(srv.listeners().descriptions, ", "));
   spdlog::info("qnbd {} serving {} export(s) on {}", QNBD_VERSION, cfg.exports.size(), where);
@@ -177,6 +164,7 @@ int serve(config::Config cfg, int argc, char** argv) {
     if (ec) return;
     spdlog::info("signal {} received", sig);
     server::daemon::notify_stopping();
+    if (metrics) metrics->stop();
     boost::asio::co_spawn(ctx, stop(srv, live), [&](std::exception_ptr) { ctx.stop(); });
   });
   ctx.run();
@@ -190,9 +178,9 @@ int serve(config::Config cfg, int argc, char** argv) {
 
 int main(int argc, char** argv) {
   try {
-    setup_logging(config::LogLevel::warn);  // quiet while --check-config opens images
+    server::setup_logging(config::LogLevel::warn);  // quiet while --check-config opens images
     config::Config cfg = server::parse_command_line(argc, argv, check_images);
-    spdlog::set_level(to_spdlog(cfg.log_level));
+    server::set_log_level(cfg.log_level);
     return serve(std::move(cfg), argc, argv);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "qnbd: %s\n", e.what());

@@ -39,6 +39,16 @@ std::vector<std::string> restart_only_changes(const config::Config& current,
   const auto& b = next.listen;
   if (a.unix_path != b.unix_path || a.tcp != b.tcp || a.host != b.host || a.port != b.port)
     out.push_back("listen");
+  const auto& t = a.tls;
+  const auto& u = b.tls;
+  // The files behind the same paths are re-read on reload (Server::reload_tls).
+  if (t.mode != u.mode || t.certificates != u.certificates || t.psk_file != u.psk_file ||
+      t.verify_peer != u.verify_peer)
+    out.push_back("tls");
+  const auto& m = current.metrics;
+  const auto& n = next.metrics;
+  if (m.has_value() != n.has_value() || (m && (m->host != n->host || m->port != n->port)))
+    out.push_back("metrics");
   if (current.workers != next.workers) out.push_back("workers");
   if (current.pid_file != next.pid_file) out.push_back("pid_file");
   return out;

@@ -55,6 +55,8 @@ void Session::release(std::size_t budget) {
 awaitable<void> Session::run() {
   auto self = shared_from_this();
   auto ex = co_await boost::asio::this_coro::executor;
+  stats_ = &metrics::process().local(neg_.exp->name);
+  stats_->connections_opened.add();
   // Logged from the session's own thread; tests check the spread.
   spdlog::debug(
       "{}: serving export '{}' on worker {} (thread {}, {})", peer(), neg_.exp->name, where_.worker,
@@ -99,11 +101,13 @@ awaitable<void> Session::run() {
   }
   co_await wait_until([&] { return inflight_ == 0; });
   conn_.close();
+  stats_->connections_closed.add();
   spdlog::debug("{}: connection closed", peer());
 }
 
 awaitable<void> Session::handle(std::shared_ptr<Session>, Request req, Buffer payload,
                                 std::size_t budget) {
+  const auto started = stats_->start();
   Reply r;
   if (const Verdict v = validate_request(req, lim_); v.error) {
     spdlog::debug("{}: {} at {} (+{}) rejected: {}", peer(), command_name(req.type), req.offset,
@@ -114,6 +118,7 @@ awaitable<void> Session::handle(std::shared_ptr<Session>, Request req, Buffer pa
   }
   pool_.release(std::move(payload));
   r.budget = budget;
+  stats_->finish(req.type, req.length, r.error, started);
   send(std::move(r));
 }
 
@@ -122,6 +127,7 @@ Session::Reply Session::simple(const Request& req, std::uint32_t error) const {
   encode_simple_reply(std::span<std::byte, kSimpleReplySize>(r.head.data(), kSimpleReplySize),
                       error, req.cookie);
   r.head_len = kSimpleReplySize;
+  r.error = error;
   return r;
 }
 
@@ -135,6 +141,7 @@ Session::Reply Session::error_reply(const Request& req, std::uint32_t error) con
   put32(r.head.data() + kChunkHeaderSize, error);
   put16(r.head.data() + kChunkHeaderSize + 4, 0);
   r.head_len = kChunkHeaderSize + 6;
+  r.error = error;
   return r;
 }
 

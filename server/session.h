@@ -11,6 +11,7 @@
 #include "server/buffer_pool.h"
 #include "server/connection.h"
 #include "server/handshake.h"
+#include "server/metrics.h"
 #include "server/protocol.h"
 #include "server/read_plan.h"
 
@@ -65,6 +66,7 @@ class Session : public std::enable_shared_from_this<Session> {
     std::size_t head_len = 0;
     Buffer body;
     std::size_t budget = 0;
+    std::uint32_t error = 0;  // NBD error code, for the metrics
   };
 
   // A READ or WRITE on the fast path (BlockBackend::start_read/start_write):
@@ -126,6 +128,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<std::unique_ptr<FastOp>> fast_free_;
   bool writing_ = false;
   bool broken_ = false;
+  metrics::ThreadCounters* stats_ = nullptr;  // this thread's, set by run()
 };
 
 }  // namespace qnbd::server

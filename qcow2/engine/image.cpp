@@ -234,6 +234,7 @@ result<> Image::trim_file_tail() {
 }
 
 task<> Image::flush_metadata() {
+  ++metadata_flushes_;
   if (corrupt_ && !corrupt_on_disk_ && header_.version >= 3) {
     // As QEMU: the image stays marked until `qemu-img check -r all`.
     if (auto r =

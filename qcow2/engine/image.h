@@ -136,6 +136,15 @@ class Image {
             refcounts_.cache().dirty_count()};
   }
 
+  // For the metrics endpoint (Qcow2Backend::stats).
+  BackendStats stats() const {
+    BackendStats s = file_stats(*file_);
+    s.metadata_flushes = metadata_flushes_;
+    s.l2_cache = l2_cache_.stats();
+    s.refcount_cache = refcounts_.cache().stats();
+    return s;
+  }
+
   // Mapping of [offset, offset+length), merged into runs (exposed for tests).
   task<std::vector<MapRun>> map_range(std::uint64_t offset, std::uint64_t length);
 
@@ -242,6 +251,7 @@ class Image {
   unsigned active_ops_ = 0;
   std::uint64_t ops_started_ = 0;  // client operations ever (the defragmenter yields to them)
   ReadEpochs read_epochs_;
+  std::uint64_t metadata_flushes_ = 0;  // flush_metadata() runs (metrics)
   // Flush-heavy detection and the end of the zeros written ahead (bytes).
   std::uint64_t allocated_in_cycle_ = 0;
   bool flush_heavy_ = false;

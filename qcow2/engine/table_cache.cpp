@@ -9,12 +9,14 @@ TableCache::TableCache(io::File& file, std::size_t table_size, std::size_t capac
 
 task<std::shared_ptr<Table>> TableCache::get(std::uint64_t offset) {
   if (auto it = tables_.find(offset); it != tables_.end()) {
+    ++hits_;
     std::shared_ptr<Table> t = it->second;
     while (t->loading) co_await t->loaded.wait();
     if (t->load_error) co_return t->load_error;
     touch(*t);
     co_return t;
   }
+  ++misses_;
   evict_if_needed();
   auto t = std::make_shared<Table>();
   t->offset = offset;
@@ -77,6 +79,7 @@ void TableCache::evict_if_needed() {
     }
     if (victim == tables_.end()) return;  // all busy or dirty: grow past capacity
     tables_.erase(victim);
+    ++evictions_;
   }
 }
 

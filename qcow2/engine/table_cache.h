@@ -9,6 +9,7 @@
 // suspends.
 #pragma once
 
+#include "backend/backend_stats.h"
 #include "common/task.h"
 #include "io/file.h"
 #include "qcow2/engine/coro_sync.h"
@@ -57,6 +58,7 @@ class TableCache {
   void drop(std::uint64_t offset);
 
   std::size_t dirty_count() const { return dirty_; }
+  MetadataCacheStats stats() const { return {hits_, misses_, evictions_, dirty_}; }
   std::size_t capacity() const { return capacity_; }
   std::size_t size() const { return tables_.size(); }
   // Dirty tables fill three quarters: time to write back, so that eviction
@@ -76,6 +78,7 @@ class TableCache {
   std::size_t capacity_;
   std::size_t dirty_ = 0;
   std::uint64_t clock_ = 0;
+  std::uint64_t hits_ = 0, misses_ = 0, evictions_ = 0;  // metrics
   std::unordered_map<std::uint64_t, std::shared_ptr<Table>> tables_;
 };
 

@@ -464,7 +464,7 @@ TEST_SUITE("config") {
     dir.write("d/b.img");
     dir.write("d/c.img");
     dir.write("d/10-b.yaml",
-             "exports:\n  - {name: b, path: b.img, read_only: true, force_share: true}\n");
+              "exports:\n  - {name: b, path: b.img, read_only: true, force_share: true}\n");
     dir.write("d/20-c.yaml", "exports:\n  - {name: c, path: c.img}\n");
     dir.write("d/ignored.txt", "not yaml");
     Config c = parse_config_text(
@@ -494,12 +494,36 @@ TEST_SUITE("config") {
     dir.write("d/40-bad.yaml", "listen: {port: 1}\n");
     CHECK(error_of(dir, "exports_dir: d\n") ==
           d + "/40-bad.yaml:1: expected a map with one key, 'exports' (a list of images to serve)");
-    CHECK(error_of(dir, "exports_dir: nowhere\n") ==
-          "test.yaml:1: exports_dir: '" + (dir.path() / "nowhere").string() + "' is not a directory");
+    CHECK(error_of(dir, "exports_dir: nowhere\n") == "test.yaml:1: exports_dir: '" +
+                                                         (dir.path() / "nowhere").string() +
+                                                         "' is not a directory");
     CHECK(error_of(dir, "exports:\n  - {name: a, path: a.img, force_share: true}\n") ==
           "test.yaml: export 'a': force_share needs a read-only export");
     CHECK(error_of(dir, "max_handshakes: 0\nexports: [{path: a.img}]\n") ==
           "test.yaml:1: max_handshakes: expected a number 1-1000000, got '0'");
+  }
+
+  TEST_CASE("yaml: metrics listen address, off by default") {
+    TempDir dir;
+    dir.write("a.img");
+    CHECK(!parse_config_text(one_export(), "test.yaml", dir.path()).metrics);
+    Config c = parse_config_text("metrics: {listen: \"[::1]:9810\"}\n" + one_export(), "test.yaml",
+                                 dir.path());
+    REQUIRE(c.metrics);
+    CHECK(c.metrics->host == "::1");
+    CHECK(c.metrics->port == 9810);
+    CHECK(parse_endpoint("localhost:1").host == "localhost");
+    CHECK(error_of(dir, "metrics: {}\n" + one_export()) ==
+          "test.yaml:1: metrics: missing 'listen' (HOST:PORT to serve /metrics on)");
+    CHECK(error_of(dir, "metrics:\n  listen: 9810\n" + one_export()) ==
+          "test.yaml:2: metrics.listen: expected HOST:PORT, got '9810'");
+    CHECK(error_of(dir, "metrics: {listen: \"::1:9810\"}\n" + one_export()) ==
+          "test.yaml:1: metrics.listen: write an IPv6 address in brackets, [ADDR]:PORT, got "
+          "'::1:9810'");
+    CHECK(error_of(dir, "metrics: {listen: \"h:0\"}\n" + one_export()) ==
+          "test.yaml:1: metrics.listen: expected a number 1-65535, got '0'");
+    CHECK(error_of(dir, "metrics: {port: 1}\n" + one_export()).find("unknown key 'port'") !=
+          std::string::npos);
   }
 
 }  // TEST_SUITE

@@ -83,5 +83,9 @@ TEST_SUITE("reload") {
     b.pid_file = "/run/x.pid";
     CHECK(server::restart_only_changes(a, b) ==
           std::vector<std::string>{"listen", "workers", "pid_file"});
+    b.listen.tls.verify_peer = true;
+    b.metrics = config::Endpoint{"::1", 9810};
+    CHECK(server::restart_only_changes(a, b) ==
+          std::vector<std::string>{"listen", "tls", "metrics", "workers", "pid_file"});
   }
 }
