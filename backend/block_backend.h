@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace qnbd {
@@ -32,6 +33,13 @@ struct Extent {
   std::uint64_t length;
   bool hole;
   bool zero;
+};
+
+// One run of a metadata context other than base:allocation (e.g.
+// qemu:dirty-bitmap:NAME): its length and the context's flags for it.
+struct StatusRun {
+  std::uint64_t length;
+  std::uint32_t flags;
 };
 
 // True when [offset, offset+length) lies within a device of `size` bytes,
@@ -84,6 +92,17 @@ class BlockBackend {
   // was started; use read()/write(). Writes here carry no FUA.
   bool start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c);
   bool start_write(std::uint64_t offset, std::span<const std::byte> buf, io::Completion* c);
+  // Metadata contexts besides base:allocation ("qemu:dirty-bitmap:NAME"):
+  // why `context` cannot be served ("" if it can; checked at start-up), and
+  // its runs over [offset, offset+length), clipped to the device, in order.
+  virtual std::string context_problem(const std::string& context) const {
+    return "metadata context " + context + " is not available for this image";
+  }
+  virtual task<std::vector<StatusRun>> context_status(const std::string& context,
+                                                      std::uint64_t offset, std::uint64_t length) {
+    (void)context, (void)offset, (void)length;
+    co_return make_error_code(errc::unsupported);
+  }
   // Writes back everything dirty before the server exits.
   task<> close() { return do_close(); }
   // For the metrics endpoint; called on the home worker.

@@ -60,6 +60,8 @@ struct Export {
   // Read-only exports only: take no lock that keeps writers out, as qemu's
   // -U / force-share (the client may then see the image change under it).
   bool force_share = false;
+  // Persistent bitmaps exported as qemu:dirty-bitmap:NAME (qemu-nbd -B).
+  std::vector<std::string> bitmaps;
   bool operator==(const Export&) const = default;
 };
 

@@ -189,7 +189,7 @@ void read_allow(const Reader& r, const YAML::Node& n, const std::string& w, Expo
   }
 }
 
-const std::array<Field<Export>, 15> export_fields{{
+const std::array<Field<Export>, 16> export_fields{{
     {"force_share", [](const Reader& r, const YAML::Node& n, const std::string& w,
                        Export& e) { e.force_share = r.boolean(n, w); }},
     {"name", [](const Reader& r, const YAML::Node& n, const std::string& w,
@@ -237,6 +237,11 @@ const std::array<Field<Export>, 15> export_fields{{
     {"defrag_threshold",
      [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
        e.defrag_threshold = static_cast<unsigned>(r.uint(n, w, 0, 100));
+      }},
+    {"bitmaps",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
+       if (!n.IsSequence()) r.fail(n, w + ": expected a list of bitmap names, got " + r.kind(n));
+       for (const auto& item : n) e.bitmaps.push_back(r.nbd_string(item, w));
      }},
 }};
 

@@ -54,4 +54,39 @@ task<> Qcow2Backend::do_close() {
   co_return co_await image_->close();
 }
 
+namespace {
+
+constexpr std::string_view kDirtyBitmapPrefix = "qemu:dirty-bitmap:";
+constexpr std::uint32_t NBD_STATE_DIRTY = 1;  // qemu's dirty-bitmap context flag
+
+}  // namespace
+
+// qemu-nbd -B refuses the same bitmaps, with the same words.
+std::string Qcow2Backend::context_problem(const std::string& context) const {
+  if (!context.starts_with(kDirtyBitmapPrefix)) return BlockBackend::context_problem(context);
+  const std::string name = context.substr(kDirtyBitmapPrefix.size());
+  for (const auto& b : image_->bitmaps().list()) {
+    if (b.entry.name != name) continue;
+    if (b.inconsistent)
+      return "Bitmap '" + name +
+             "' is inconsistent and cannot be used (left in use by a writer that did not close "
+             "it; remove it with qnbd-img bitmap --remove)";
+    return {};
+  }
+  return "Bitmap '" + name + "' is not found";
+}
+
+task<std::vector<StatusRun>> Qcow2Backend::context_status(const std::string& context,
+                                                          std::uint64_t offset,
+                                                          std::uint64_t length) {
+  DirtyBitmap* b = context.starts_with(kDirtyBitmapPrefix)
+                       ? image_->bitmaps().find(context.substr(kDirtyBitmapPrefix.size()))
+                       : nullptr;
+  if (!b || b->inconsistent) co_return make_error_code(errc::unsupported);
+  std::vector<StatusRun> out;
+  for (auto [len, dirty] : b->runs(offset, length, size()))
+    out.push_back({len, dirty ? NBD_STATE_DIRTY : 0});
+  co_return out;
+}
+
 }  // namespace qnbd::qcow2

@@ -21,6 +21,10 @@ class Qcow2Backend final : public BlockBackend {
   // Online defragmentation on `ex` (the image's executor) until close.
   void start_defrag(const DefragOptions& o, const boost::asio::any_io_executor& ex);
 
+  std::string context_problem(const std::string& context) const override;
+  task<std::vector<StatusRun>> context_status(const std::string& context, std::uint64_t offset,
+                                              std::uint64_t length) override;
+
  protected:
   task<> do_read(std::uint64_t offset, std::span<std::byte> buf) override;
   task<> do_write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) override;

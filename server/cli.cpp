@@ -92,6 +92,8 @@ const Option options[] = {
      [](Targets& t, std::string_view) { t.exp.read_only = true; }},
     {0, "force-share", "", Scope::per_export,
      [](Targets& t, std::string_view) { t.exp.force_share = true; }},
+    {'B', "bitmap", "NAME", Scope::per_export,
+     [](Targets& t, std::string_view v) { t.exp.bitmaps.push_back(nbd_string(v)); }},
     {'f', "format", "FMT", Scope::per_export,
      [](Targets& t, std::string_view v) { t.exp.format = config::parse_format(v); }},
     {0, "cache", "MODE", Scope::per_export,
@@ -339,6 +341,8 @@ Listening (default: TCP 127.0.0.1:10809; -k alone: only the Unix socket):
 Export (single-image mode only; with --config set them per export):
   -x, --export-name=NAME     export name (default: the empty name)
   -D, --description=TEXT     export description shown to clients
+  -B, --bitmap=NAME          export the persistent bitmap NAME as the meta context
+                             qemu:dirty-bitmap:NAME (repeatable)
   -r, --read-only            refuse writes
       --force-share          with -r: let other processes write the image
                              (take no lock that keeps them out, as qemu -U)

@@ -35,6 +35,9 @@ struct Export {
   // it is until the last one leaves, then is reopened as the replacement.
   std::optional<config::Export> replacement;
   bool closing = false;  // closed or being closed: takes no new session
+  // Metadata contexts offered besides base:allocation, e.g.
+  // "qemu:dirty-bitmap:NAME"; context id = kBaseAllocationId + 1 + index.
+  std::vector<std::string> contexts;
 };
 
 class ExportRegistry {

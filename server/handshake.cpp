@@ -46,6 +46,7 @@ class Handshake {
   awaitable<bool> reply(std::uint32_t opt, std::uint32_t type, std::span<const std::byte> body);
   awaitable<bool> error(std::uint32_t opt, std::uint32_t type, std::string_view message);
   awaitable<bool> ack(std::uint32_t opt) { return reply(opt, NBD_REP_ACK, {}); }
+  awaitable<bool> meta_context(std::uint32_t opt, std::string_view name, std::uint32_t id);
   awaitable<bool> info(std::uint32_t opt, const Export& e, std::uint16_t type);
   Negotiated finish(Export& e);
 
@@ -57,6 +58,8 @@ class Handshake {
   bool structured_ = false;
   // base:allocation selected by SET_META_CONTEXT, valid only for this export
   std::optional<std::string> meta_export_;
+  bool meta_base_ = false;               // base:allocation among them
+  std::vector<std::uint32_t> meta_ids_;  // other contexts selected with it
   std::optional<Negotiated> result_;
 };
 
@@ -131,7 +134,9 @@ Negotiated Handshake::finish(Export& e) {
   Negotiated n;
   n.exp = &e;
   n.structured = structured_;
-  n.base_allocation = structured_ && meta_export_ && *meta_export_ == e.name;
+  const bool selected = structured_ && meta_export_ && *meta_export_ == e.name;
+  n.base_allocation = selected && meta_base_;
+  if (selected) n.contexts = meta_ids_;
   return n;
 }
 
@@ -214,6 +219,15 @@ awaitable<Step> Handshake::opt_structured_reply(std::uint32_t opt,
   co_return co_await ack(opt) ? Step::next : Step::close;
 }
 
+awaitable<bool> Handshake::meta_context(std::uint32_t opt, std::string_view name,
+                                        std::uint32_t id) {
+  std::vector<std::byte> b(4);
+  put32(b.data(), id);
+  auto n = std::as_bytes(std::span(name.data(), name.size()));
+  b.insert(b.end(), n.begin(), n.end());
+  co_return co_await reply(opt, NBD_REP_META_CONTEXT, b);
+}
+
 awaitable<Step> Handshake::opt_meta_context(std::uint32_t opt, std::span<const std::byte> data) {
   const bool set = opt == NBD_OPT_SET_META_CONTEXT;
   auto req = parse_meta_context_request(data);
@@ -231,17 +245,36 @@ awaitable<Step> Handshake::opt_meta_context(std::uint32_t opt, std::span<const s
                              "export '" + req->export_name + "' not found")
         ? Step::next
         : Step::close;
-  bool match = !set && req->queries.empty();
-  for (const auto& q : req->queries)
-    if (q == kBaseAllocation || (!set && q == "base:")) match = true;
-  if (match) {
-    std::string_view name = kBaseAllocation;
-    std::vector<std::byte> b(4);
-    put32(b.data(), kBaseAllocationId);
-    auto n = std::as_bytes(std::span(name.data(), name.size()));
-    b.insert(b.end(), n.begin(), n.end());
-    if (!co_await reply(opt, NBD_REP_META_CONTEXT, b)) co_return Step::close;
-    if (set) meta_export_ = req->export_name;
+  // As qemu-nbd: LIST with no query, "base:" or "qemu:" (and
+  // "qemu:dirty-bitmap:") lists every context of that namespace; SET takes
+  // exact names only.
+  const Export& exp = *exports_.find(req->export_name);
+  auto wanted = [&](std::string_view name) {
+    if (!set && req->queries.empty()) return true;
+    for (const auto& q : req->queries) {
+      if (q == name) return true;
+      if (!set && (q == "base:" || q == "qemu:" || q == "qemu:dirty-bitmap:") &&
+          name.starts_with(q))
+        return true;
+    }
+    return false;
+  };
+  bool base = false;
+  std::vector<std::uint32_t> ids;
+  if (wanted(kBaseAllocation)) {
+    if (!co_await meta_context(opt, kBaseAllocation, kBaseAllocationId)) co_return Step::close;
+    base = true;
+  }
+  for (std::uint32_t i = 0; i < exp.contexts.size(); ++i) {
+    if (!wanted(exp.contexts[i])) continue;
+    if (!co_await meta_context(opt, exp.contexts[i], kBaseAllocationId + 1 + i))
+      co_return Step::close;
+    ids.push_back(i);
+  }
+  if (set && (base || !ids.empty())) {
+    meta_export_ = req->export_name;
+    meta_base_ = base;
+    meta_ids_ = std::move(ids);
   }
   co_return co_await ack(opt) ? Step::next : Step::close;
 }

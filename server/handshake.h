@@ -16,6 +16,7 @@ struct Negotiated {
   Export* exp = nullptr;
   bool structured = false;
   bool base_allocation = false;
+  std::vector<std::uint32_t> contexts;  // other metadata contexts selected (Export::contexts ids)
 };
 
 // Transmission flags for an export, advertised truthfully from its capabilities.

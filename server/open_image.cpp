@@ -57,6 +57,19 @@ boost::asio::awaitable<std::unique_ptr<BlockBackend>> open_locked(
   co_return co_await qcow2::open_image(ring, e.path, o);
 }
 
+// Throws unless every bitmap `e` exports (-B) is one the image can serve.
+// The image is closed first: opening a writable one marked its bitmaps in use.
+boost::asio::awaitable<void> check_bitmaps(BlockBackend& backend, const config::Export& e) {
+  std::string problem;
+  for (const auto& name : e.bitmaps) {
+    problem = backend.context_problem("qemu:dirty-bitmap:" + name);
+    if (!problem.empty()) break;
+  }
+  if (problem.empty()) co_return;
+  (void)co_await backend.close();
+  throw std::runtime_error(e.path + ": " + problem);
+}
+
 }  // namespace
 
 boost::asio::awaitable<OpenedImage> open_image(io::Ring& ring, const config::Export& e) {
@@ -65,6 +78,7 @@ boost::asio::awaitable<OpenedImage> open_image(io::Ring& ring, const config::Exp
       ring, e, e.read_only, [&](const std::string& path, const io::LockRole& role) {
         out.locks.push_back(io::ImageLock::acquire(path, io::qemu_lock_perms(role)));
       });
+  co_await check_bitmaps(*out.backend, e);
   co_return out;
 }
 
@@ -79,6 +93,7 @@ boost::asio::awaitable<void> probe_image(io::Ring& ring, const config::Export& e
           spdlog::warn("{}: lock held by the running qnbd, which serves it", path);
         }
       });
+  co_await check_bitmaps(*backend, e);
   auto closed = co_await backend->close();
   if (!closed) throw std::runtime_error(e.path + ": " + closed.error().message());
 }

@@ -26,7 +26,8 @@ Session::Session(Connection conn, Negotiated neg, SessionLimits limits, SessionP
   lim_.size = e.size;
   lim_.read_only = e.caps.read_only;
   lim_.structured = neg_.structured;
-  lim_.base_allocation = neg_.base_allocation;
+  // Any metadata context makes BLOCK_STATUS valid.
+  lim_.base_allocation = neg_.base_allocation || !neg_.contexts.empty();
   lim_.can_trim = e.caps.trim;
   lim_.can_zero = e.caps.write_zeroes;
   lim_.can_cache = e.caps.cache;

@@ -168,32 +168,62 @@ awaitable<Session::Reply> Session::cmd_sparse_read(const Request& req,
   co_return out;
 }
 
-awaitable<Session::Reply> Session::cmd_block_status(const Request& req) {
-  BlockBackend& be = *neg_.exp->backend;
-  auto extents = co_await on_home(
-      [&be, off = req.offset, len = req.length] { return be.block_status(off, len); });
-  if (!extents) co_return simple(req, wire_error(extents.error()));
+namespace {
+
+// One NBD_REPLY_TYPE_BLOCK_STATUS chunk: the runs clipped to `length`, only
+// the first with REQ_ONE.
+void append_status_chunk(std::vector<std::byte>& out, const Request& req, std::uint32_t id,
+                         const std::vector<StatusRun>& runs, bool last) {
   const bool one = req.flags & NBD_CMD_FLAG_REQ_ONE;
-  Reply out;
-  out.body = pool_.acquire(8 * (one ? 1 : extents->size()));
-  out.body.resize(0);
+  const std::size_t at = out.size();
+  out.resize(at + kChunkHeaderSize + 4);
   std::uint64_t covered = 0;
-  for (const auto& e : *extents) {
+  for (const auto& r : runs) {
     if (covered >= req.length) break;
-    std::uint64_t len = std::min<std::uint64_t>(e.length, req.length - covered);
-    std::uint32_t flags = (e.hole ? NBD_STATE_HOLE : 0) | (e.zero ? NBD_STATE_ZERO : 0);
-    std::size_t at = out.body.size();
-    out.body.resize(at + 8);
-    put32(out.body.data() + at, static_cast<std::uint32_t>(len));
-    put32(out.body.data() + at + 4, flags);
+    const std::uint64_t len = std::min<std::uint64_t>(r.length, req.length - covered);
+    const std::size_t e = out.size();
+    out.resize(e + 8);
+    put32(out.data() + e, static_cast<std::uint32_t>(len));
+    put32(out.data() + e + 4, r.flags);
     covered += len;
     if (one) break;
   }
-  auto head = std::span<std::byte, kChunkHeaderSize>(out.head.data(), kChunkHeaderSize);
-  encode_chunk_header(head, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, req.cookie,
-                      static_cast<std::uint32_t>(4 + out.body.size()));
-  put32(out.head.data() + kChunkHeaderSize, kBaseAllocationId);
-  out.head_len = kChunkHeaderSize + 4;
+  auto head = std::span<std::byte, kChunkHeaderSize>(out.data() + at, kChunkHeaderSize);
+  encode_chunk_header(head, last ? NBD_REPLY_FLAG_DONE : 0, NBD_REPLY_TYPE_BLOCK_STATUS, req.cookie,
+                      static_cast<std::uint32_t>(out.size() - at - kChunkHeaderSize));
+  put32(out.data() + at + kChunkHeaderSize, id);
+}
+
+}  // namespace
+
+// One chunk per selected metadata context, base:allocation first.
+awaitable<Session::Reply> Session::cmd_block_status(const Request& req) {
+  BlockBackend& be = *neg_.exp->backend;
+  std::vector<std::byte> chunks;
+  std::size_t left = (neg_.base_allocation ? 1 : 0) + neg_.contexts.size();
+  if (neg_.base_allocation) {
+    auto extents = co_await on_home(
+        [&be, off = req.offset, len = req.length] { return be.block_status(off, len); });
+    if (!extents) co_return simple(req, wire_error(extents.error()));
+    std::vector<StatusRun> runs;
+    for (const auto& e : *extents)
+      runs.push_back({e.length, std::uint32_t{(e.hole ? NBD_STATE_HOLE : 0u) |
+                                              (e.zero ? NBD_STATE_ZERO : 0u)}});
+    append_status_chunk(chunks, req, kBaseAllocationId, runs, --left == 0);
+  }
+  for (std::uint32_t i : neg_.contexts) {
+    const std::string& context = neg_.exp->contexts[i];
+    auto runs = co_await on_home([&be, &context, off = req.offset, len = req.length] {
+      return be.context_status(context, off, len);
+    });
+    if (!runs) co_return simple(req, wire_error(runs.error()));
+    append_status_chunk(chunks, req, kBaseAllocationId + 1 + i, *runs, --left == 0);
+  }
+  Reply out;
+  out.body = pool_.acquire(chunks.size());
+  out.body.resize(chunks.size());
+  std::copy(chunks.begin(), chunks.end(), out.body.data());
+  out.head_len = 0;
   co_return out;
 }
 

@@ -120,5 +120,56 @@ def test_read_only_untouched(tmp):
     assert h.sha256_file(path) == before
 
 
+def nbdinfo_map(context, uri_or_cmd):
+    return h.run(["nbdinfo", f"--map={context}", *uri_or_cmd]).stdout
+
+
+def contexts(uri_or_cmd):
+    import json
+    info = json.loads(h.run(["nbdinfo", "--json", *uri_or_cmd]).stdout)
+    return info["exports"][0].get("contexts", [])
+
+
+def test_export_equals_qemu_nbd(tmp):
+    path = make_image(tmp)
+    with serve(tmp, path) as srv:
+        writes(srv)
+    qemu = ["--", "[", "qemu-nbd", "-r", "-B", "b0", "-B", "b1", "-f", "qcow2", path, "]"]
+    with serve(tmp, path, extra=["-r", "-B", "b0", "--bitmap=b1"]) as srv:
+        for ctx in ("qemu:dirty-bitmap:b0", "qemu:dirty-bitmap:b1", "base:allocation"):
+            mine, ref = nbdinfo_map(ctx, [srv.uri()]), nbdinfo_map(ctx, qemu)
+            assert mine == ref, f"{ctx}:\n{mine}\nqemu-nbd:\n{ref}"
+        assert sorted(contexts([srv.uri()])) == sorted(contexts(qemu)), contexts([srv.uri()])
+        c = nbd.NBD()
+        c.add_meta_context("qemu:dirty-bitmap:b0")
+        c.add_meta_context("base:allocation")
+        c.connect_uri(srv.uri())
+        seen = {}
+
+        def cb(metacontext, offset, entries, err):
+            seen[metacontext] = list(entries)
+
+        c.block_status(4 * h.MiB, 0, cb, nbd.CMD_FLAG_REQ_ONE)
+        assert seen["qemu:dirty-bitmap:b0"] == [K64, 1], seen
+        assert len(seen["base:allocation"]) == 2, seen
+        c.block_status(2 * h.MiB, 16 * h.MiB - K64, cb)
+        assert seen["qemu:dirty-bitmap:b0"] == [K64, 0, 2 * K64, 1, 2 * h.MiB - 3 * K64, 0], seen
+        c.shutdown()
+
+
+def test_bad_bitmap_refused_at_start(tmp):
+    path = make_image(tmp)
+    for extra in (["-B", "nope"],):
+        srv = serve(tmp, path, extra=extra)
+        try:
+            srv.start()
+        except AssertionError as e:
+            assert "Bitmap 'nope' is not found" in open(srv.log).read(), e
+        else:
+            srv.stop()
+            raise AssertionError("qnbd served an image without the bitmap")
+
+
 if __name__ == "__main__":
-    h.main([test_recorded_and_kept, test_kill_leaves_in_use, test_read_only_untouched])
+    h.main([test_recorded_and_kept, test_kill_leaves_in_use, test_read_only_untouched,
+            test_export_equals_qemu_nbd, test_bad_bitmap_refused_at_start])
