@@ -1,7 +1,6 @@
 // Opening images from paths: the image, then its backing chain. Backing
-// names from an image are untrusted: only plain file paths (no "json:" and
-// no protocol prefixes, CVE-2024-4467), relative ones resolved against the
-// image's directory, and a file already in the chain is a loop.
+// names from an image are untrusted: they follow the rule of
+// qcow2/meta/backing.h.
 #include "qcow2/open.h"
 
 #include "backend/raw_backend.h"
@@ -9,49 +8,27 @@
 #include "io/uring_file.h"
 #include "qcow2/engine/load.h"
 #include "qcow2/format/constants.h"
+#include "qcow2/meta/backing.h"
+#include "qcow2/meta/image_meta.h"
 #include "qcow2/qcow2_backend.h"
 
 #include <spdlog/spdlog.h>
 
-#include <climits>
-#include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <stdexcept>
 #include <vector>
 
 namespace qnbd::qcow2 {
 namespace {
 
-constexpr std::size_t kMaxChainDepth = 256;
-
-std::string directory_of(const std::string& path) {
-  const auto slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-// "nbd:...", "json:{...}", "file:x" are protocol specs to QEMU; we follow
-// none of them. A ':' after a '/' is part of a plain path.
-bool looks_like_protocol(const std::string& name) {
-  const auto colon = name.find(':');
-  if (colon == std::string::npos) return false;
-  return name.find('/') == std::string::npos || name.find('/') > colon;
-}
-
-// The dirty bit (v3 incompatible feature 0), read straight from the header.
-bool has_dirty_bit(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  unsigned char h[80] = {};
-  if (!f.read(reinterpret_cast<char*>(h), sizeof h)) return false;
-  const unsigned version = (h[4] << 24) | (h[5] << 16) | (h[6] << 8) | h[7];
-  return version >= 3 && (h[79] & format::QCOW2_INCOMPAT_DIRTY) != 0;
-}
-
-std::string canonical(const std::string& path) {
-  char buf[PATH_MAX];
-  if (!::realpath(path.c_str(), buf)) return path;
-  return buf;
+// The dirty bit, from a header that must parse anyway: a malformed one
+// fails here with the message load_image would give.
+boost::asio::awaitable<bool> has_dirty_bit(io::File& file, const std::string& path) {
+  try {
+    const auto h = co_await meta::load_header(file);
+    co_return (h.incompatible_features & format::QCOW2_INCOMPAT_DIRTY) != 0;
+  } catch (const std::exception& e) {
+    throw std::runtime_error(path + ": " + e.what());
+  }
 }
 
 class ChainOpener final : public BackingResolver {
@@ -61,11 +38,7 @@ class ChainOpener final : public BackingResolver {
   boost::asio::awaitable<std::unique_ptr<BlockBackend>> open_path(const std::string& path,
                                                                   const std::string& format,
                                                                   bool read_only) {
-    const std::string real = canonical(path);
-    for (const auto& p : chain_)
-      if (p == real) throw std::runtime_error(path + ": backing chain loop");
-    if (chain_.size() >= kMaxChainDepth)
-      throw std::runtime_error(path + ": backing chain too deep");
+    chain_.add(path);
     io::OpenOptions fo;
     fo.read_only = read_only;
     fo.direct = opts_.direct;
@@ -76,7 +49,7 @@ class ChainOpener final : public BackingResolver {
     if (opts_.before_use) opts_.before_use(path, fmt == "qcow2", read_only);
     if (fmt == "raw") co_return std::make_unique<RawBackend>(std::move(*file));
     if (fmt != "qcow2") throw std::runtime_error(path + ": unsupported image format '" + fmt + "'");
-    if (!read_only && has_dirty_bit(path)) {
+    if (!read_only && co_await has_dirty_bit(**file, path)) {
       // Refcounts may be stale (lazy refcounts and a crash): rebuild them
       // before the first allocation trusts them, as QEMU does on open.
       spdlog::warn("{}: dirty bit set; repairing refcounts before serving", path);
@@ -86,8 +59,7 @@ class ChainOpener final : public BackingResolver {
       spdlog::info("{}: repaired ({} leaks and {} corruptions fixed)", path, r->leaks_fixed,
                    r->corruptions_fixed);
     }
-    chain_.push_back(real);
-    dirs_.push_back(directory_of(path));
+    paths_.push_back(path);
     LoadOptions lo;
     lo.name = path;
     lo.read_only = read_only;
@@ -96,17 +68,19 @@ class ChainOpener final : public BackingResolver {
     lo.writeback_interval = opts_.cache_clean_interval;
     lo.lazy_refcounts = opts_.lazy_refcounts;
     auto image = co_await load_image(std::move(*file), lo, this);
-    dirs_.pop_back();
+    paths_.pop_back();
     co_return std::make_unique<Qcow2Backend>(std::move(image));
   }
 
   boost::asio::awaitable<std::unique_ptr<BlockBackend>> open(const std::string& name,
                                                              const std::string& format) override {
-    const std::string& from = chain_.back();
-    if (name.find('\0') != std::string::npos || looks_like_protocol(name))
-      throw std::runtime_error(from + ": backing file name '" + name +
-                               "' is not a plain file path; refusing to open it");
-    const std::string path = name.front() == '/' ? name : dirs_.back() + "/" + name;
+    const std::string& from = paths_.back();
+    std::string path;
+    try {
+      path = meta::backing_path(from, name);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(from + ": " + e.what());
+    }
     if (format.empty())
       spdlog::warn("{}: backing file {} has no format recorded; probing it", from, path);
     co_return co_await open_path(path, format, true);
@@ -115,17 +89,15 @@ class ChainOpener final : public BackingResolver {
  private:
   io::Ring& ring_;
   const OpenOptions& opts_;
-  std::vector<std::string> chain_;
-  std::vector<std::string> dirs_;
+  meta::BackingChain chain_;
+  std::vector<std::string> paths_;  // the images being loaded, innermost last
 };
 
 }  // namespace
 
 bool has_qcow2_magic(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  unsigned char m[4] = {};
-  if (!f.read(reinterpret_cast<char*>(m), 4)) return false;
-  return m[0] == 'Q' && m[1] == 'F' && m[2] == 'I' && m[3] == 0xfb;
+  const auto r = meta::probe_qcow2(path);
+  return r && *r;
 }
 
 boost::asio::awaitable<std::unique_ptr<BlockBackend>> open_image(io::Ring& ring,

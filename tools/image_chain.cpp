@@ -1,6 +1,7 @@
 #include "tools/image_chain.h"
 
 #include "qcow2/format/entries.h"
+#include "qcow2/meta/backing.h"
 
 #include <fmt/format.h>
 
@@ -14,11 +15,9 @@ using namespace qcow2::format;
 
 namespace {
 
-constexpr std::size_t kMaxChain = 64;
-
 // qemu's qcow2_detect_metadata_preallocation: more clusters have a refcount
 // than the file really occupies.
-bool detect_metadata_prealloc(const std::string& path, const qcow2::check::ImageMeta& m,
+bool detect_metadata_prealloc(const std::string& path, const qcow2::meta::ImageMeta& m,
                               std::uint64_t used_clusters) {
   struct stat st {};
   if (::stat(path.c_str(), &st) < 0) return false;
@@ -30,15 +29,23 @@ bool detect_metadata_prealloc(const std::string& path, const qcow2::check::Image
 }  // namespace
 
 ImageChain::ImageChain(qcow2::SyncRunner& run, const std::string& path) : run_(run) {
-  open_layer(path, "");
-  while (layers_.back().qcow2 && !layers_.back().meta.header.backing_file.empty()) {
+  qcow2::meta::BackingChain chain;
+  std::string next = path, format;
+  for (;;) {
+    try {
+      chain.add(next);
+    } catch (const std::exception& e) {
+      throw Fatal(e.what());
+    }
+    open_layer(next, format);
+    if (!layers_.back().qcow2 || layers_.back().meta.header.backing_file.empty()) break;
     const auto& h = layers_.back().meta.header;
-    const std::string& name = h.backing_file;
-    if (name.rfind("json:", 0) == 0 || name.find("://") != std::string::npos)
-      throw Fatal(fmt::format(
-          "Could not open backing file '{}': only plain file names are followed", name));
-    if (layers_.size() >= kMaxChain) throw Fatal("Backing chain too deep (loop?)");
-    open_layer(resolve_backing(layers_.back().path, name), h.backing_format);
+    try {
+      next = qcow2::meta::backing_path(next, h.backing_file);
+    } catch (const std::exception& e) {
+      throw Fatal(fmt::format("Could not open backing file of '{}': {}", next, e.what()));
+    }
+    format = h.backing_format;
   }
 }
 
@@ -54,7 +61,7 @@ void ImageChain::open_layer(const std::string& path, const std::string& format) 
     throw Fatal(fmt::format("Could not open '{}': Unknown driver '{}'", path, format));
   if (l.qcow2) {
     try {
-      l.meta = run_.run(qcow2::check::load_image_meta(*l.file));
+      l.meta = run_.run(qcow2::meta::load_image_meta(*l.file, qcow2::meta::LoadPurpose::inspect));
     } catch (const std::exception& e) {
       throw Fatal(fmt::format("Could not open '{}': {}", path, e.what()));
     }

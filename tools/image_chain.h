@@ -5,7 +5,7 @@
 // protocol strings.
 #pragma once
 
-#include "qcow2/check/image_meta.h"
+#include "qcow2/meta/image_meta.h"
 #include "tools/qnbd_img_common.h"
 
 #include <map>
@@ -28,7 +28,7 @@ struct Layer {
   std::string path;
   bool qcow2 = false;
   std::unique_ptr<io::UringFile> file;
-  qcow2::check::ImageMeta meta;
+  qcow2::meta::ImageMeta meta;
   std::uint64_t size = 0;  // virtual size
   std::uint64_t file_size = 0;
   bool metadata_prealloc = false;
@@ -37,7 +37,7 @@ struct Layer {
 
 class ImageChain {
  public:
-  // Opens `path` and every backing file below it (at most 64 deep).
+  // Opens `path` and every backing file below it (qcow2/meta/backing.h).
   ImageChain(qcow2::SyncRunner& run, const std::string& path);
   std::uint64_t size() const { return layers_.front().size; }
   std::size_t depth() const { return layers_.size(); }

@@ -1,12 +1,8 @@
 #include "tools/qnbd_img_common.h"
 
-#include "qcow2/format/constants.h"
-#include "qcow2/format/endian.h"
+#include "qcow2/meta/backing.h"
 
 #include <fmt/format.h>
-
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -107,19 +103,9 @@ std::unique_ptr<io::UringFile> open_file(qcow2::SyncRunner& run, const std::stri
 }
 
 bool is_qcow2(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Fatal(fmt::format("Could not open '{}': {}", path, std::strerror(errno)));
-  std::byte magic[4] = {};
-  const ssize_t n = ::pread(fd, magic, 4, 0);
-  ::close(fd);
-  return n == 4 && qcow2::format::load_be32(magic) == qcow2::format::QCOW_MAGIC;
-}
-
-std::string resolve_backing(const std::string& image, const std::string& backing) {
-  if (backing.empty() || backing[0] == '/') return backing;
-  const auto slash = image.rfind('/');
-  if (slash == std::string::npos) return backing;
-  return image.substr(0, slash + 1) + backing;
+  auto r = qcow2::meta::probe_qcow2(path);
+  if (!r) throw Fatal(fmt::format("Could not open '{}': {}", path, r.error().message()));
+  return *r;
 }
 
 }  // namespace qnbd::img

@@ -33,10 +33,8 @@ std::string json_string(const std::string& s);
 
 std::unique_ptr<io::UringFile> open_file(qcow2::SyncRunner& run, const std::string& path,
                                          bool writable);
-// True if the file starts with the qcow2 magic.
+// True if the file starts with the qcow2 magic (Fatal if it cannot be read).
 bool is_qcow2(const std::string& path);
-// A backing file name as qemu resolves it: relative to the image's directory.
-std::string resolve_backing(const std::string& image, const std::string& backing);
 
 // One subcommand's argv (after the subcommand name).
 using Args = std::vector<std::string>;

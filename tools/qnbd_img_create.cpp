@@ -1,5 +1,6 @@
 // qnbd-img create [-f qcow2|raw] [-b BACKING [-F FMT]] [-o OPTIONS] FILE [SIZE]
-#include "qcow2/check/image_meta.h"
+#include "qcow2/meta/backing.h"
+#include "qcow2/meta/image_meta.h"
 #include "qcow2/create/create.h"
 #include "tools/qnbd_img_common.h"
 
@@ -88,7 +89,7 @@ void apply_option(Request& r, const std::string& k, const std::string& v) {
 std::pair<std::uint64_t, std::string> probe_backing(const std::string& image,
                                                     const std::string& backing,
                                                     const std::string& fmt) {
-  const std::string path = resolve_backing(image, backing);
+  const std::string path = qcow2::meta::resolve_backing(image, backing);
   qcow2::SyncRunner run;
   auto file = open_file(run, path, false);
   const bool qcow2 = is_qcow2(path);
@@ -99,7 +100,7 @@ std::pair<std::uint64_t, std::string> probe_backing(const std::string& image,
     if (!qcow2)
       throw Fatal(
           fmt::format("Could not open backing image '{}': Image is not in qcow2 format", path));
-    auto meta = run.run(qcow2::check::load_image_meta(*file));
+    auto meta = run.run(qcow2::meta::load_image_meta(*file, qcow2::meta::LoadPurpose::inspect));
     return {meta.header.size, use};
   }
   auto size = file->size();

@@ -1,8 +1,9 @@
 // qnbd-img info [--output=human|json] FILE: what qemu-img info shows for
 // qcow2 and raw images (no backing chain walk, as qemu-img without
 // --backing-chain).
-#include "qcow2/check/image_meta.h"
 #include "qcow2/format/bitmaps.h"
+#include "qcow2/meta/backing.h"
+#include "qcow2/meta/image_meta.h"
 #include "qcow2/format/endian.h"
 #include "tools/qnbd_img_common.h"
 #include "tools/qnbd_img_layout.h"
@@ -17,8 +18,8 @@
 namespace qnbd::img {
 namespace {
 
-using qcow2::check::ImageMeta;
 using qcow2::format::Snapshot;
+using qcow2::meta::ImageMeta;
 
 struct SnapshotInfo {
   const Snapshot* s;
@@ -122,7 +123,7 @@ void print_human_qcow2(const std::string& path, const ImageMeta& m,
   if (h.incompatible_features & qcow2::format::QCOW2_INCOMPAT_DIRTY)
     std::printf("cleanly shut down: no\n");
   if (!h.backing_file.empty()) {
-    const std::string full = resolve_backing(path, h.backing_file);
+    const std::string full = qcow2::meta::resolve_backing(path, h.backing_file);
     if (full == h.backing_file)
       std::printf("backing file: %s\n", h.backing_file.c_str());
     else
@@ -203,7 +204,7 @@ void print_json_qcow2(const std::string& path, const ImageMeta& m,
   out += "        }\n    },\n";
   if (!h.backing_file.empty()) {
     out += fmt::format("    \"full-backing-filename\": {},\n",
-                       json_string(resolve_backing(path, h.backing_file)));
+                       json_string(qcow2::meta::resolve_backing(path, h.backing_file)));
     out += fmt::format("    \"backing-filename\": {},\n", json_string(h.backing_file));
   }
   out += layout;
@@ -248,7 +249,7 @@ int cmd_info(const Args& args) {
   }
   ImageMeta meta;
   try {
-    meta = run.run(qcow2::check::load_image_meta(*file));
+    meta = run.run(qcow2::meta::load_image_meta(*file, qcow2::meta::LoadPurpose::inspect));
   } catch (const std::exception& e) {
     throw Fatal(fmt::format("Could not open '{}': {}", path, e.what()));
   }

@@ -94,13 +94,13 @@ task<> Checker::run() {
 namespace {
 
 // Clears the dirty and corrupt bits once everything they guard is durable.
-task<> mark_clean(io::File& file, ImageMeta& meta) {
+task<> mark_clean(io::File& file, meta::ImageMeta& m) {
   const std::uint64_t bits = format::QCOW2_INCOMPAT_DIRTY | format::QCOW2_INCOMPAT_CORRUPT;
-  if (meta.header.version < 3 || !(meta.header.incompatible_features & bits)) co_return result<>{};
+  if (m.header.version < 3 || !(m.header.incompatible_features & bits)) co_return result<>{};
   QNBD_CO_TRY(co_await file.sync());
-  meta.header.incompatible_features &= ~bits;
-  QNBD_CO_TRY(co_await write_u64(file, format::HDR_INCOMPATIBLE_FEATURES,
-                                 meta.header.incompatible_features));
+  m.header.incompatible_features &= ~bits;
+  QNBD_CO_TRY(co_await meta::write_u64(file, format::HDR_INCOMPATIBLE_FEATURES,
+                                       m.header.incompatible_features));
   co_return co_await file.sync();
 }
 
@@ -108,9 +108,9 @@ task<> mark_clean(io::File& file, ImageMeta& meta) {
 
 boost::asio::awaitable<CheckResult> check_image(io::File& file, CheckOptions opts) {
   CheckResult res;
-  ImageMeta meta;
+  meta::ImageMeta im;
   try {
-    meta = co_await load_image_meta(file, true);
+    im = co_await meta::load_image_meta(file, meta::LoadPurpose::check);
   } catch (const std::exception& e) {
     res.check_errors = 1;
     res.failure = e.what();
@@ -122,7 +122,7 @@ boost::asio::awaitable<CheckResult> check_image(io::File& file, CheckOptions opt
     co_return res;
   }
   try {
-    Checker checker(file, meta, opts, res);
+    Checker checker(file, im, opts, res);
     if (auto r = co_await checker.run(); !r) {
       res.check_errors = std::max<std::int64_t>(res.check_errors, 1);
       // A step that failed with a reason of its own has set it.
@@ -135,7 +135,7 @@ boost::asio::awaitable<CheckResult> check_image(io::File& file, CheckOptions opt
     co_return res;
   }
   if (opts.fix != Fix::none && res.check_errors == 0 && res.corruptions == 0) {
-    if (auto r = co_await mark_clean(file, meta); !r) {
+    if (auto r = co_await mark_clean(file, im); !r) {
       res.check_errors += 1;
       res.failure = r.error().message();
     }

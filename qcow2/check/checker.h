@@ -8,7 +8,8 @@
 #include "qcow2/check/check.h"
 #include "common/co_try.h"
 #include "qcow2/check/disk_refcounts.h"
-#include "qcow2/check/image_meta.h"
+#include "qcow2/meta/image_meta.h"
+#include "qcow2/meta/tables.h"
 #include "qcow2/check/refcount_array.h"
 #include "qcow2/format/entries.h"
 
@@ -23,7 +24,7 @@ namespace qnbd::qcow2::check {
 
 class Checker {
  public:
-  Checker(io::File& file, ImageMeta& meta, const CheckOptions& opts, CheckResult& res)
+  Checker(io::File& file, meta::ImageMeta& meta, const CheckOptions& opts, CheckResult& res)
       : file_(file), meta_(meta), opts_(opts), res_(res), imrt_(meta.geo), disk_(file, meta) {}
 
   // qemu's qcow2_check_refcounts: calculate, compare, rebuild or fix,
@@ -84,7 +85,7 @@ class Checker {
   std::uint64_t cs() const { return meta_.geo.cluster_size(); }
 
   io::File& file_;
-  ImageMeta& meta_;
+  meta::ImageMeta& meta_;
   const CheckOptions& opts_;
   CheckResult& res_;
   RefcountArray imrt_;

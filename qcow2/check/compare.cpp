@@ -17,8 +17,8 @@ task<> Checker::signal_corruption(const std::string& what) {
   say("qcow2: Marking image as corrupt: {}; further corruption events will be suppressed", what);
   if (meta_.header.version < 3) co_return result<>{};
   meta_.header.incompatible_features |= format::QCOW2_INCOMPAT_CORRUPT;
-  QNBD_CO_TRY(co_await write_u64(file_, format::HDR_INCOMPATIBLE_FEATURES,
-                                 meta_.header.incompatible_features));
+  QNBD_CO_TRY(co_await meta::write_u64(file_, format::HDR_INCOMPATIBLE_FEATURES,
+                                       meta_.header.incompatible_features));
   co_return co_await file_.sync();
 }
 

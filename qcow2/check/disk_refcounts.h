@@ -4,7 +4,8 @@
 
 #include "common/task.h"
 #include "io/file.h"
-#include "qcow2/check/image_meta.h"
+#include "qcow2/meta/image_meta.h"
+#include "qcow2/meta/tables.h"
 
 #include <cstdint>
 #include <map>
@@ -15,7 +16,7 @@ namespace qnbd::qcow2::check {
 
 class DiskRefcounts {
  public:
-  DiskRefcounts(io::File& file, const ImageMeta& meta) : file_(file), meta_(meta) {}
+  DiskRefcounts(io::File& file, const meta::ImageMeta& meta) : file_(file), meta_(meta) {}
 
   // The refcount block describing `cluster`: nullptr when it has none (all
   // its refcounts are 0). Fails with EIO if the reftable entry is unaligned.
@@ -31,7 +32,7 @@ class DiskRefcounts {
 
  private:
   io::File& file_;
-  const ImageMeta& meta_;
+  const meta::ImageMeta& meta_;
   std::map<std::uint64_t, std::vector<std::byte>> blocks_;  // by reftable index
 };
 

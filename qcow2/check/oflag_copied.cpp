@@ -43,7 +43,8 @@ task<> Checker::check_oflag_copied(Fix fix) {
           repair ? "Repairing" : "ERROR", i, l1e, *rc);
       if (repair) {
         meta_.l1[i] = *rc == 1 ? l1e | QCOW_OFLAG_COPIED : l1e & ~QCOW_OFLAG_COPIED;
-        if (auto w = co_await write_u64(file_, meta_.header.l1_table_offset + i * 8, meta_.l1[i]);
+        if (auto w =
+                co_await meta::write_u64(file_, meta_.header.l1_table_offset + i * 8, meta_.l1[i]);
             !w) {
           ++res_.check_errors;
           co_return w.error();

@@ -112,7 +112,7 @@ task<> Checker::check_l1(std::uint64_t l1_offset, std::uint32_t l1_size, bool ac
       say("Repairing l2_offset={:x}: L2 table lies beyond the end of the file; L1 entry "
           "cleared",
           l2_offset);
-      QNBD_CO_TRY(co_await write_u64(file_, l1_offset + i * 8, 0));
+      QNBD_CO_TRY(co_await meta::write_u64(file_, l1_offset + i * 8, 0));
       if (active) meta_.l1[i] = 0;
       ++res_.corruptions_fixed;
       continue;

@@ -5,6 +5,7 @@
 #include "qcow2/format/entries.h"
 #include "qcow2/format/header.h"
 #include "qcow2/format/snapshot.h"
+#include "qcow2/meta/backing.h"
 
 #include <doctest/doctest.h>
 
@@ -281,4 +282,25 @@ TEST_CASE("qcow2 compression: deflate and zstd round trip") {
     std::vector<std::byte> junk(n, std::byte{0x5a});
     CHECK_FALSE(decompress_cluster(type, junk, out));
   }
+}
+
+TEST_CASE("qcow2 backing names: only plain file paths are followed") {
+  using namespace qnbd::qcow2::meta;
+  CHECK(is_plain_backing_name("base.qcow2"));
+  CHECK(is_plain_backing_name("/images/base.qcow2"));
+  CHECK(is_plain_backing_name("dir/a:b.qcow2"));  // ':' after a '/' is part of the path
+  CHECK_FALSE(is_plain_backing_name(""));
+  CHECK_FALSE(is_plain_backing_name(std::string("base\0/etc/passwd", 16)));
+  for (const char* bad : {"json:{\"file.filename\":\"/etc/passwd\"}", "nbd:localhost:10809",
+                          "nbd://127.0.0.1/x", "http://host/img", "file:base.qcow2"})
+    CHECK_FALSE(is_plain_backing_name(bad));
+  CHECK(backing_path("img/top.qcow2", "base.qcow2") == "img/base.qcow2");
+  CHECK(backing_path("top.qcow2", "base.qcow2") == "base.qcow2");
+  CHECK(backing_path("img/top.qcow2", "/abs/base") == "/abs/base");
+  CHECK_THROWS_WITH(backing_path("top.qcow2", "nbd:h:1"),
+                    "backing file name 'nbd:h:1' is not a plain file path; refusing to open it");
+  BackingChain chain;
+  chain.add("/nonexistent/a");
+  chain.add("/nonexistent/b");
+  CHECK_THROWS_WITH(chain.add("/nonexistent/a"), "/nonexistent/a: backing chain loop");
 }
