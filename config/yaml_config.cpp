@@ -237,7 +237,7 @@ const std::array<Field<Export>, 16> export_fields{{
     {"defrag_threshold",
      [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
        e.defrag_threshold = static_cast<unsigned>(r.uint(n, w, 0, 100));
-      }},
+     }},
     {"bitmaps",
      [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
        if (!n.IsSequence()) r.fail(n, w + ": expected a list of bitmap names, got " + r.kind(n));

@@ -96,8 +96,9 @@ awaitable<void> Session::run() {
         break;
       }
     }
-    if (try_fast(*req, payload, budget)) continue;
-    boost::asio::co_spawn(ex, handle(self, *req, std::move(payload), budget),
+    const auto started = stats_->start();
+    if (try_fast(*req, payload, budget, started)) continue;
+    boost::asio::co_spawn(ex, handle(self, *req, std::move(payload), budget, started),
                           boost::asio::detached);
   }
   co_await wait_until([&] { return inflight_ == 0; });
@@ -107,8 +108,8 @@ awaitable<void> Session::run() {
 }
 
 awaitable<void> Session::handle(std::shared_ptr<Session>, Request req, Buffer payload,
-                                std::size_t budget) {
-  const auto started = stats_->start();
+                                std::size_t budget,
+                                metrics::ThreadCounters::Clock::time_point started) {
   Reply r;
   if (const Verdict v = validate_request(req, lim_); v.error) {
     spdlog::debug("{}: {} at {} (+{}) rejected: {}", peer(), command_name(req.type), req.offset,

@@ -76,13 +76,17 @@ class Session : public std::enable_shared_from_this<Session> {
     nbd::Request req;
     Buffer buf;  // READ: the reply body; WRITE: the payload
     std::size_t budget = 0;
+    metrics::ThreadCounters::Clock::time_point started;  // for the metrics
   };
-  bool try_fast(const nbd::Request& req, Buffer& payload, std::size_t budget);
+  bool try_fast(const nbd::Request& req, Buffer& payload, std::size_t budget,
+                metrics::ThreadCounters::Clock::time_point started);
   static void fast_complete(io::Completion* c, int res);
   void fast_done(FastOp& op, int res);
 
+  // `started`: from stats_->start() when the request was read.
   boost::asio::awaitable<void> handle(std::shared_ptr<Session> self, nbd::Request req,
-                                      Buffer payload, std::size_t budget);
+                                      Buffer payload, std::size_t budget,
+                                      metrics::ThreadCounters::Clock::time_point started);
   boost::asio::awaitable<Reply> execute(const nbd::Request& req, Buffer& payload);
   boost::asio::awaitable<Reply> cmd_read(const nbd::Request& req);
   boost::asio::awaitable<Reply> cmd_sparse_read(const nbd::Request& req,

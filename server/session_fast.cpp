@@ -16,7 +16,8 @@ namespace qnbd::server {
 
 using namespace nbd;
 
-bool Session::try_fast(const Request& req, Buffer& payload, std::size_t budget) {
+bool Session::try_fast(const Request& req, Buffer& payload, std::size_t budget,
+                       metrics::ThreadCounters::Clock::time_point started) {
   if (where_.owner || req.length == 0) return false;
   const bool read = req.type == NBD_CMD_READ;
   if (read) {
@@ -38,16 +39,17 @@ bool Session::try_fast(const Request& req, Buffer& payload, std::size_t budget) 
   FastOp* op = slot.release();  // owned by the I/O until fast_complete
   op->req = req;
   op->budget = budget;
+  op->started = started;
   BlockBackend& be = *neg_.exp->backend;
-  bool started;
+  bool begun;
   if (read) {
     op->buf = pool_.acquire(req.length);
-    started = be.start_read(req.offset, op->buf.span(), op);
+    begun = be.start_read(req.offset, op->buf.span(), op);
   } else {
     op->buf = std::move(payload);
-    started = be.start_write(req.offset, op->buf.span(), op);
+    begun = be.start_write(req.offset, op->buf.span(), op);
   }
-  if (started) return true;  // op may already be back in fast_free_
+  if (begun) return true;  // op may already be back in fast_free_
   if (read)
     pool_.release(std::move(op->buf));
   else
@@ -64,14 +66,16 @@ void Session::fast_complete(io::Completion* c, int res) {
 void Session::fast_done(FastOp& op, int res) {
   const Request req = op.req;
   const std::size_t budget = op.budget;
+  const auto started = op.started;
   Buffer buf = std::move(op.buf);
   fast_free_.emplace_back(&op);
   const bool read = req.type == NBD_CMD_READ;
   if (res < 0 || static_cast<std::uint32_t>(res) != req.length) {
     if (read) pool_.release(std::move(buf));
-    boost::asio::co_spawn(conn_.socket().get_executor(),
-                          handle(shared_from_this(), req, read ? Buffer{} : std::move(buf), budget),
-                          boost::asio::detached);
+    boost::asio::co_spawn(
+        conn_.socket().get_executor(),
+        handle(shared_from_this(), req, read ? Buffer{} : std::move(buf), budget, started),
+        boost::asio::detached);
     return;
   }
   Reply r;
@@ -83,6 +87,7 @@ void Session::fast_done(FastOp& op, int res) {
     r = simple(req, 0);
   }
   r.budget = budget;
+  stats_->finish(req.type, req.length, 0, started);
   send(std::move(r));
 }
 

@@ -50,11 +50,13 @@ Image::FastHold* Image::take_hold(io::Completion* outer) {
   fast_holds_.pop_back();
   h->outer = outer;
   ++active_ops_;
+  ++ops_started_;
   return h;
 }
 
 void Image::give_back(FastHold* h) {
   h->claim.reset();
+  h->epoch.reset();
   --active_ops_;
   fast_holds_.emplace_back(h);
 }
@@ -70,6 +72,7 @@ bool Image::start_read(std::uint64_t offset, std::span<std::byte> buf, io::Compl
   const auto host = cached_data_host(offset, buf.size());
   if (!host) return false;
   FastHold* h = take_hold(c);
+  h->epoch.emplace(read_epochs_.enter());
   if (file_->start_read(*host, buf, h)) return true;
   give_back(h);
   return false;

@@ -177,7 +177,8 @@ class Image {
   struct FastHold : io::Completion {
     Image* image = nullptr;
     io::Completion* outer = nullptr;
-    std::optional<Inflight::Guard> claim;
+    std::optional<Inflight::Guard> claim;    // writes
+    std::optional<ReadEpochs::Guard> epoch;  // reads: the defragmenter frees after them
   };
   const Table* cached_l2(std::uint64_t offset);
   std::optional<std::uint64_t> cached_data_host(std::uint64_t offset, std::uint64_t length);
