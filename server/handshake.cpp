@@ -23,8 +23,12 @@ enum class Step { next, done, close };
 
 class Handshake {
  public:
-  Handshake(Connection& conn, ExportRegistry& exports, const TlsContext* tls)
-      : conn_(conn), exports_(exports), tls_(tls), who_(identify(conn.socket())) {}
+  Handshake(Connection& conn, ExportRegistry& exports, const TlsContext* tls, Admission admit)
+      : conn_(conn),
+        exports_(exports),
+        tls_(tls),
+        admit_(std::move(admit)),
+        who_(identify(conn.socket())) {}
 
   awaitable<std::optional<Negotiated>> run();
 
@@ -49,10 +53,12 @@ class Handshake {
   awaitable<bool> meta_context(std::uint32_t opt, std::string_view name, std::uint32_t id);
   awaitable<bool> info(std::uint32_t opt, const Export& e, std::uint16_t type);
   Negotiated finish(Export& e);
+  bool admitted(const Export& e);
 
   Connection& conn_;
   ExportRegistry& exports_;
   const TlsContext* tls_;
+  Admission admit_;
   PeerIdentity who_;
   bool no_zeroes_ = false;
   bool structured_ = false;
@@ -140,6 +146,13 @@ Negotiated Handshake::finish(Export& e) {
   return n;
 }
 
+bool Handshake::admitted(const Export& e) {
+  if (!admit_ || admit_()) return true;
+  spdlog::warn("{}: refusing connection to export '{}': the server is full (max_connections)",
+               conn_.peer(), e.name);
+  return false;
+}
+
 awaitable<Step> Handshake::opt_export_name(std::span<const std::byte> data) {
   std::string_view name(reinterpret_cast<const char*>(data.data()), data.size());
   Export* e = exports_.find(name);
@@ -148,6 +161,7 @@ awaitable<Step> Handshake::opt_export_name(std::span<const std::byte> data) {
     spdlog::info("{}: unknown export '{}' requested", conn_.peer(), name.substr(0, 256));
     co_return Step::close;
   }
+  if (!admitted(*e)) co_return Step::close;
   std::array<std::byte, 10 + 124> out{};
   put64(out.data(), e->size);
   put16(out.data() + 8, transmission_flags(*e));
@@ -191,6 +205,7 @@ awaitable<Step> Handshake::opt_info_go(std::uint32_t opt, std::span<const std::b
   auto wants = [&](std::uint16_t t) {
     return std::find(req->requests.begin(), req->requests.end(), t) != req->requests.end();
   };
+  if (opt == NBD_OPT_GO && !admitted(*e)) co_return Step::close;
   // Block sizes are always sent (as qemu-nbd does) so clients learn the
   // 32 MiB maximum payload.
   if (!co_await info(opt, *e, NBD_INFO_EXPORT) || !co_await info(opt, *e, NBD_INFO_BLOCK_SIZE))
@@ -408,8 +423,8 @@ awaitable<std::optional<Negotiated>> Handshake::run() {
 }  // namespace
 
 awaitable<std::optional<Negotiated>> negotiate(Connection& conn, ExportRegistry& exports,
-                                               const TlsContext* tls) {
-  Handshake h(conn, exports, tls);
+                                               const TlsContext* tls, Admission admit) {
+  Handshake h(conn, exports, tls, std::move(admit));
   co_return co_await h.run();
 }
 

@@ -8,6 +8,7 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include <functional>
 #include <optional>
 
 namespace qnbd::server {
@@ -22,11 +23,17 @@ struct Negotiated {
 // Transmission flags for an export, advertised truthfully from its capabilities.
 std::uint16_t transmission_flags(const Export& e);
 
-// nullopt: the client aborted, disconnected or violated the protocol; the
-// caller closes the connection. `tls` is the listener's TLS setup, null when
-// TLS is off.
+// Asked once the client has picked an export, before the reply that tells it
+// so: false means the server is full (the connection is then closed, and the
+// client never sees a session that is dropped at once).
+using Admission = std::function<bool()>;
+
+// nullopt: the client aborted, disconnected, violated the protocol or was not
+// admitted; the caller closes the connection. `tls` is the listener's TLS
+// setup, null when TLS is off; no `admit` admits everyone.
 boost::asio::awaitable<std::optional<Negotiated>> negotiate(Connection& conn,
                                                             ExportRegistry& exports,
-                                                            const TlsContext* tls = nullptr);
+                                                            const TlsContext* tls = nullptr,
+                                                            Admission admit = {});
 
 }  // namespace qnbd::server

@@ -119,8 +119,9 @@ awaitable<void> Server::accept_loop(Acceptor& a) {
     }
     // Only negotiated clients count against max_connections; handshakes
     // have their own bounds.
-    if (sessions_.size() >= cfg_.max_connections) {
-      spdlog::warn("refusing connection: {} clients already connected", sessions_.size());
+    if (sessions_.size() + admitted_ >= cfg_.max_connections) {
+      spdlog::warn("refusing connection: {} clients already connected",
+                   sessions_.size() + admitted_);
       error_code ignored;
       s.close(ignored);
       continue;
@@ -160,24 +161,27 @@ awaitable<void> Server::serve(Socket s, std::string address) {
   if (!address.empty()) ++per_address_[address];
   auto me = handshaking_.insert(handshaking_.end(), {&conn, address, ExportRegistry::Clock::now()});
   boost::asio::steady_timer limit(ctx_, std::chrono::seconds(cfg_.handshake_timeout_s));
-  auto outcome = co_await (negotiate(conn, exports_, tls_.get()) ||
+  bool holds_slot = false;
+  auto admit = [&] {
+    if (sessions_.size() + admitted_ >= cfg_.max_connections) return false;
+    ++admitted_;
+    return holds_slot = true;
+  };
+  auto outcome = co_await (negotiate(conn, exports_, tls_.get(), admit) ||
                            limit.async_wait(boost::asio::as_tuple(use_awaitable)));
   std::optional<Negotiated> neg;
   if (outcome.index() == 0)
     neg = std::get<0>(outcome);
   else
     spdlog::info("{}: handshake not finished within {} s, closing", peer, cfg_.handshake_timeout_s);
-  // The export may have been removed (and closed) by a reload meanwhile, and
-  // the connection bound may have filled while this client negotiated.
+  // The export may have been removed (and closed) by a reload meanwhile.
   if (neg && (!exports_.listed(neg->exp) || neg->exp->closing)) {
     spdlog::info("{}: export '{}' was removed during the handshake, closing", peer, neg->exp->name);
     neg.reset();
   }
   handshake_done(me);  // after the last look at an unlisted export
-  if (neg && sessions_.size() >= cfg_.max_connections) {
-    spdlog::warn("{}: refusing connection: {} clients already connected", peer, sessions_.size());
-    neg.reset();
-  }
+  // From here on the slot is the session's (no suspension until it is inserted).
+  if (holds_slot) --admitted_;
   if (neg && !stopping_) {
     spdlog::debug("{}: export '{}' ({}structured replies)", peer, neg->exp->name,
                   neg->structured ? "" : "no ");

@@ -76,7 +76,8 @@ class Server {
   std::map<std::string, unsigned> per_address_;
   std::function<void(Export&)> export_idle_;
   std::set<std::shared_ptr<Session>> sessions_;
-  std::vector<unsigned> load_;                 // sessions per worker
+  unsigned admitted_ = 0;       // clients told their export is theirs, not yet in sessions_
+  std::vector<unsigned> load_;  // sessions per worker
   std::map<const Export*, unsigned> on_home_;  // sessions on the export's home worker
   unsigned next_ = 0;                          // round-robin among equally loaded
   boost::asio::steady_timer idle_;
