@@ -4,6 +4,9 @@ binding) and QEMU (qemu-img, qemu-io with --object tls-creds-x509/psk), over
 nbds+unix and nbds:// TCP, X.509 and PSK; every command over TLS."""
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -146,7 +149,37 @@ def test_qemu_client_certificate_allowed_and_refused(tmp):
         t.wait_log(srv, "TLS handshake failed")
 
 
+def test_certificates_replaced_and_reloaded_on_sighup(tmp):
+    """New certificate files behind the same paths are picked up on SIGHUP, with
+    no restart; unreadable ones are refused and the old credentials kept."""
+    old, new = t.Pki(tmp, "old", cn="old CA"), t.Pki(tmp, "new", cn="new CA")
+    old_client, new_client = old.client("c1", "client1"), new.client("c2", "client2")
+    certs = os.path.join(tmp, "server-certs")
+    shutil.copytree(old.server(), certs)
+    image = h.make_sparse_image(os.path.join(tmp, "disk.raw"), SIZE, DATA)
+    with h.Server(tmp, image, name="disk", tcp=True,
+                  extra=["--tls-certificates", certs]) as srv:
+        def works(client):
+            # over TCP: libnbd verifies the server's certificate only when it has a host name
+            uri = f"nbds://127.0.0.1:{srv.port}/disk?tls-certificates={client}"
+            return subprocess.run(["nbdinfo", "--size", uri], capture_output=True,
+                                  timeout=60).returncode == 0
+        assert works(old_client) and not works(new_client)
+        new_server = new.server()
+        for f in ("ca-cert.pem", "server-cert.pem", "server-key.pem"):
+            shutil.copy(os.path.join(new_server, f), os.path.join(certs, f))
+        os.kill(srv.pid, signal.SIGHUP)
+        t.wait_log(srv, "TLS credentials reloaded")
+        assert works(new_client) and not works(old_client)
+        with open(os.path.join(certs, "server-key.pem"), "w") as f:
+            f.write("not a key\n")
+        os.kill(srv.pid, signal.SIGHUP)
+        t.wait_log(srv, "TLS reload failed, keeping the previous credentials")
+        assert works(new_client), "a failed reload dropped the working credentials"
+
+
 if __name__ == "__main__":
     h.main([test_nbdinfo_nbdcopy_x509_unix_and_tcp, test_commands_over_tls_python_and_nbdsh,
             test_psk_libnbd_and_wrong_key, test_qemu_img_and_qemu_io_x509, test_qemu_img_psk,
-            test_qemu_client_certificate_allowed_and_refused])
+            test_qemu_client_certificate_allowed_and_refused,
+            test_certificates_replaced_and_reloaded_on_sighup])
