@@ -1,6 +1,7 @@
 #include "server/handshake.h"
 
 #include "server/authz.h"
+#include "server/metrics.h"
 #include "server/protocol.h"
 
 #include <spdlog/spdlog.h>
@@ -148,6 +149,7 @@ Negotiated Handshake::finish(Export& e) {
 
 bool Handshake::admitted(const Export& e) {
   if (!admit_ || admit_()) return true;
+  metrics::refusals().add(metrics::Refusal::max_connections);
   spdlog::warn("{}: refusing connection to export '{}': the server is full (max_connections)",
                conn_.peer(), e.name);
   return false;
@@ -299,7 +301,10 @@ Export* Handshake::find_permitted(std::string_view name, bool log) {
   if (!e) return nullptr;
   std::string why = refusal(e->allow, who_);
   if (why.empty()) return e;
-  if (log) spdlog::info("{}: export '{}' refused: {}", conn_.peer(), e->name.substr(0, 256), why);
+  if (log) {
+    metrics::refusals().add(metrics::Refusal::policy);
+    spdlog::info("{}: export '{}' refused: {}", conn_.peer(), e->name.substr(0, 256), why);
+  }
   return nullptr;
 }
 
@@ -309,6 +314,7 @@ bool Handshake::tls_missing(std::uint32_t opt) const {
 }
 
 awaitable<Step> Handshake::refuse_plaintext(std::uint32_t opt) {
+  metrics::refusals().add(metrics::Refusal::tls_required);
   if (opt == NBD_OPT_EXPORT_NAME) {  // cannot carry an error: disconnect
     spdlog::info("{}: EXPORT_NAME without TLS, which this server requires; closing", conn_.peer());
     co_return Step::close;
@@ -330,6 +336,7 @@ awaitable<Step> Handshake::opt_starttls(std::uint32_t opt, std::span<const std::
   if (!co_await ack(opt)) co_return Step::close;
   if (auto ec = co_await conn_.start_tls(tls_->current())) {
     std::string detail = conn_.tls() ? conn_.tls()->failure_detail() : std::string();
+    metrics::refusals().add(metrics::Refusal::tls_failed);
     spdlog::info("{}: TLS handshake failed: {}{}{}", conn_.peer(), ec.message(),
                  detail.empty() ? "" : "; ", detail);
     co_return Step::close;

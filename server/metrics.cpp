@@ -120,4 +120,22 @@ Registry& process() {
   return r;
 }
 
+std::string_view name_of(Refusal r) {
+  static constexpr std::array<std::string_view, kRefusals> names{
+      "policy",          "tls_required",    "tls_failed",
+      "max_connections", "handshake_limit", "handshake_timeout"};
+  return names[static_cast<std::size_t>(r)];
+}
+
+std::array<std::uint64_t, kRefusals> Refusals::totals() const {
+  std::array<std::uint64_t, kRefusals> t{};
+  for (std::size_t i = 0; i < kRefusals; ++i) t[i] = c_[i].get();
+  return t;
+}
+
+Refusals& refusals() {
+  static Refusals r;
+  return r;
+}
+
 }  // namespace qnbd::metrics

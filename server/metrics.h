@@ -122,4 +122,29 @@ class Registry {
 // The process's registry (metrics are per process, like its exports).
 Registry& process();
 
+// Why a client was turned away before it had a session (each is also logged
+// with the peer). Counted per process, not per export: most happen before an
+// export is named.
+enum class Refusal : std::uint8_t {
+  policy,             // an export's allow: rules do not match the client
+  tls_required,       // an option other than STARTTLS/ABORT without TLS (mode require)
+  tls_failed,         // the TLS handshake failed (certificate, PSK, garbage)
+  max_connections,    // the server is full
+  handshake_limit,    // closed as the oldest of too many handshakes
+  handshake_timeout,  // did not finish the handshake in time
+};
+inline constexpr std::size_t kRefusals = 6;
+std::string_view name_of(Refusal r);
+
+// Written by the main thread only (the handshakes run there).
+class Refusals {
+ public:
+  void add(Refusal r) { c_[static_cast<std::size_t>(r)].add(); }
+  std::array<std::uint64_t, kRefusals> totals() const;
+
+ private:
+  std::array<Counter, kRefusals> c_;
+};
+Refusals& refusals();
+
 }  // namespace qnbd::metrics

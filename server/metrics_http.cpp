@@ -156,7 +156,7 @@ awaitable<std::string> MetricsServer::scrape() {
     images[name] = co_await boost::asio::co_spawn(
         e->home->get_executor(), stats_of(e->backend.get()), boost::asio::use_awaitable);
   }
-  co_return metrics::render(metrics::process().totals(), images);
+  co_return metrics::render(metrics::process().totals(), images, metrics::refusals().totals());
 }
 
 }  // namespace qnbd::server

@@ -141,13 +141,18 @@ void images(Writer& w, const Images& im) {
 
 }  // namespace
 
-std::string render(const Requests& rq, const Images& im) {
+std::string render(const Requests& rq, const Images& im,
+                   const std::array<std::uint64_t, kRefusals>& refused) {
   // Exports served now but never connected to still show zeros.
   Requests all = rq;
   for (const auto& [name, s] : im) all.try_emplace(name);
   Writer w;
   w.family("qnbd_build_info", "gauge", "Always 1; the labels name the qnbd build.");
   w.sample("qnbd_build_info", "version=\"" QNBD_VERSION "\"", 1);
+  w.family("qnbd_refusals_total", "counter",
+           "Clients turned away before a session, by reason (each is also logged).");
+  for (std::size_t i = 0; i < kRefusals; ++i)
+    w.sample("qnbd_refusals_total", fmt::format("reason=\"{}\"", name_of(Refusal(i))), refused[i]);
   requests(w, all);
   images(w, im);
   return w.take();

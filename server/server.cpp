@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include "config/access.h"
+#include "server/metrics.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -65,6 +66,7 @@ void Server::evict(Handshaking& h) {
   --open_handshakes_;
   if (!h.address.empty() && --per_address_[h.address] == 0) per_address_.erase(h.address);
   h.conn->close();  // its negotiate() returns and serve() cleans up
+  metrics::refusals().add(metrics::Refusal::handshake_limit);
 }
 
 void Server::bound_handshakes(const std::string& address) {
@@ -120,6 +122,7 @@ awaitable<void> Server::accept_loop(Acceptor& a) {
     // Only negotiated clients count against max_connections; handshakes
     // have their own bounds.
     if (sessions_.size() + admitted_ >= cfg_.max_connections) {
+      metrics::refusals().add(metrics::Refusal::max_connections);
       spdlog::warn("refusing connection: {} clients already connected",
                    sessions_.size() + admitted_);
       error_code ignored;
@@ -172,8 +175,10 @@ awaitable<void> Server::serve(Socket s, std::string address) {
   std::optional<Negotiated> neg;
   if (outcome.index() == 0)
     neg = std::get<0>(outcome);
-  else
+  else {
+    metrics::refusals().add(metrics::Refusal::handshake_timeout);
     spdlog::info("{}: handshake not finished within {} s, closing", peer, cfg_.handshake_timeout_s);
+  }
   // The export may have been removed (and closed) by a reload meanwhile.
   if (neg && (!exports_.listed(neg->exp) || neg->exp->closing)) {
     spdlog::info("{}: export '{}' was removed during the handshake, closing", peer, neg->exp->name);

@@ -3,6 +3,7 @@
 `promtool check metrics`, and the counters move with libnbd traffic."""
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -163,6 +164,39 @@ def test_bad_metrics_address_is_refused(tmp):
         assert p.returncode == 1 and "--metrics" in p.stderr and why in p.stderr, (bad, p.stderr)
 
 
+def test_refusals_counted_by_reason(tmp):
+    me = os.getuid()
+    port = h.free_tcp_port()
+    mine = h.make_sparse_image(os.path.join(tmp, "mine.raw"), h.MiB, [])
+    theirs = h.make_sparse_image(os.path.join(tmp, "theirs.raw"), h.MiB, [])
+    config = os.path.join(tmp, "q.yaml")
+    with open(config, "w") as f:
+        f.write(f"listen: {{unix: {tmp}/nbd.sock, tcp: false}}\n"
+                f"metrics: {{listen: \"127.0.0.1:{port}\"}}\n"
+                "max_connections: 1\nhandshake_timeout: 1\n"
+                f"exports:\n  - {{name: mine, path: {mine}, allow: ['uid:{me}']}}\n"
+                f"  - {{name: theirs, path: {theirs}, allow: ['uid:{me + 1}']}}\n")
+    with h.Server(tmp, config=config) as srv:
+        def refused(reason):
+            return value(parse(scrape(port)), "qnbd_refusals_total", reason=reason)
+        assert refused("policy") == 0 and refused("max_connections") == 0
+        p = subprocess.run(["nbdinfo", srv.unix_uri("theirs")], capture_output=True, timeout=60)
+        assert p.returncode != 0
+        assert refused("policy") >= 1, refused("policy")  # per refused INFO/GO
+        c = nbd.NBD()
+        c.connect_uri(srv.unix_uri("mine"))
+        p = subprocess.run(["nbdinfo", srv.unix_uri("mine")], capture_output=True, timeout=60)
+        assert p.returncode != 0, "a second client got in with max_connections: 1"
+        assert refused("max_connections") == 1
+        c.shutdown()
+        stalled = socket.socket(socket.AF_UNIX)
+        stalled.connect(srv.sock)  # greeted, then silent: the 1 s handshake limit closes it
+        wait_for(lambda: refused("handshake_timeout") == 1, 15, "the handshake timeout")
+        stalled.close()
+        assert refused("tls_failed") == 0 and refused("tls_required") == 0
+        promtool_check(scrape(port))
+
+
 if __name__ == "__main__":
     h.main([test_scrape_passes_promtool_and_counts_traffic, test_other_paths_and_methods,
-            test_bad_metrics_address_is_refused])
+            test_bad_metrics_address_is_refused, test_refusals_counted_by_reason])
