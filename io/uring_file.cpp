@@ -1,4 +1,5 @@
 #include "io/uring_file.h"
+#include "io/aligned_bytes.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -18,10 +19,6 @@ namespace qnbd::io {
 namespace {
 
 constexpr unsigned kMaxIov = IOV_MAX;
-
-struct Unaligned {
-  void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t(4096)); }
-};
 
 // Drops the first `n` bytes from an iovec array in place.
 void consume(boost::container::small_vector<iovec, 8>& v, std::size_t n) {
@@ -104,9 +101,8 @@ task<> UringFile::bounced(bool write, std::uint64_t offset, std::span<const iove
   const std::uint64_t len = iov_bytes(iov);
   const std::uint64_t start = offset / a * a;
   const std::uint64_t end = (offset + len + a - 1) / a * a;
-  std::unique_ptr<std::byte[], Unaligned> mem(
-      static_cast<std::byte*>(::operator new[](end - start, std::align_val_t(4096))));
-  std::span<std::byte> blocks(mem.get(), end - start);
+  const AlignedBytes mem(end - start);
+  const std::span<std::byte> blocks = mem.span();
   std::byte* p = blocks.data() + (offset - start);
   if (!write || end - start <= 2 * a) {
     // Reads need every block; short writes keep the bytes around them.

@@ -133,14 +133,20 @@ task<> CowPlan::fill(ReadFn read) {
   const std::uint64_t hs = hull_start(), he = hull_end();
   const std::uint64_t head = offset_ - hs, tail = he - end_;
   if (head && tail && end_ - offset_ <= std::max(kMergeGap, g_.cluster_size())) {
-    std::vector<std::byte> all(he - hs);
+    fill_ = io::AlignedBytes(he - hs);
+    const std::span<std::byte> all = fill_.span();
     if (auto r = co_await read(hs, all); !r) co_return r;
-    head_.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(head));
-    tail_.assign(all.end() - static_cast<std::ptrdiff_t>(tail), all.end());
+    head_ = all.first(head);
+    tail_ = all.last(tail);
     co_return result<>{};
   }
-  head_.resize(head);
-  tail_.resize(tail);
+  // Separate blocks so that each read and each piece of the write starts
+  // aligned (head and tail are whole blocks when the request is).
+  const std::uint64_t head_cap =
+      (head + io::kDirectAlign - 1) / io::kDirectAlign * io::kDirectAlign;
+  fill_ = io::AlignedBytes(head_cap + tail);
+  head_ = fill_.span().first(head);
+  tail_ = fill_.span().subspan(head_cap, tail);
   std::vector<task<>> reads;
   if (head) reads.push_back(read(hs, head_));
   if (tail) reads.push_back(read(end_, tail_));

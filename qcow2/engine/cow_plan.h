@@ -8,6 +8,7 @@
 #pragma once
 
 #include "common/task.h"
+#include "io/aligned_bytes.h"
 #include "io/file.h"
 #include "qcow2/engine/refcounts.h"
 #include "qcow2/format/entries.h"
@@ -66,7 +67,12 @@ class CowPlan {
   std::uint64_t offset_, end_;
   std::uint64_t first_, last_;
   std::vector<ClusterPlan> clusters_;
-  std::vector<std::byte> head_, tail_;
+  // The fill, read into one aligned buffer (no bounce under O_DIRECT) that
+  // is never zeroed first (the read writes every byte; nothing is written
+  // unless it succeeded): head_ and tail_ point into it, so the merged read
+  // needs no copying either.
+  io::AlignedBytes fill_;
+  std::span<std::byte> head_, tail_;
   std::vector<std::vector<iovec>> iovs_;
 };
 

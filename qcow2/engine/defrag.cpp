@@ -3,6 +3,7 @@
 #include "qcow2/engine/defrag.h"
 
 #include "common/co_try.h"
+#include "io/aligned_bytes.h"
 #include "qcow2/engine/image.h"
 
 #include <spdlog/spdlog.h>
@@ -23,20 +24,8 @@ struct Defragmenter::Move {
 
 namespace {
 
-// Aligned for O_DIRECT files.
-struct Buffer {
-  explicit Buffer(std::size_t n)
-      : p(static_cast<std::byte*>(::operator new(n, std::align_val_t(4096)))), size(n) {}
-  ~Buffer() { ::operator delete(p, std::align_val_t(4096)); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  std::span<std::byte> span() { return {p, size}; }
-  std::byte* p;
-  std::size_t size;
-};
-
 task<> copy_run(io::File& file, std::uint64_t from, std::uint64_t to, std::uint64_t bytes) {
-  Buffer buf(bytes);
+  const io::AlignedBytes buf(bytes);
   QNBD_CO_TRY(co_await file.read_at(from, buf.span()));
   co_return co_await file.write_at(to, buf.span());
 }
