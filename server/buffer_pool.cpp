@@ -22,7 +22,7 @@ Buffer BufferPool::acquire(std::size_t size) {
     return b;
   }
   std::unique_ptr<std::byte[], AlignedDelete> mem(
-      static_cast<std::byte*>(::operator new[](cap, std::align_val_t(kBufferAlign))));
+      static_cast<std::byte*>(::operator new[](cap, std::align_val_t(io::kDirectAlign))));
   return Buffer(std::move(mem), cap, size);
 }
 

@@ -4,6 +4,8 @@
 // read or a backend read before it is sent anywhere.
 #pragma once
 
+#include "io/aligned_bytes.h"
+
 #include <array>
 #include <cstddef>
 #include <memory>
@@ -13,11 +15,7 @@
 
 namespace qnbd::server {
 
-inline constexpr std::size_t kBufferAlign = 4096;
-
-struct AlignedDelete {
-  void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t(kBufferAlign)); }
-};
+using io::AlignedDelete;
 
 class Buffer {
  public:
