@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace qnbd {
@@ -41,6 +42,10 @@ struct StatusRun {
   std::uint64_t length;
   std::uint32_t flags;
 };
+
+// qemu's metadata context giving, per run, the layer of the backing chain
+// that holds it: 0 = allocated nowhere, 1 = this image, 2 = its backing file...
+inline constexpr std::string_view kAllocationDepthContext = "qemu:allocation-depth";
 
 // True when [offset, offset+length) lies within a device of `size` bytes,
 // without overflowing for offsets near 2^64.

@@ -75,6 +75,20 @@ task<> RawBackend::do_flush() { co_return co_await file_->sync(); }
 
 // A hole found by SEEK_HOLE reads as zeros; data ranges are reported as
 // plain data (we do not scan them for zeros).
+std::string RawBackend::context_problem(const std::string& context) const {
+  return context == kAllocationDepthContext ? std::string{}
+                                            : BlockBackend::context_problem(context);
+}
+
+task<std::vector<StatusRun>> RawBackend::context_status(const std::string& context,
+                                                        std::uint64_t offset,
+                                                        std::uint64_t length) {
+  if (context != kAllocationDepthContext) co_return make_error_code(errc::unsupported);
+  std::vector<StatusRun> out;
+  if (offset < size_) out.push_back({std::min(length, size_ - offset), 1});
+  co_return out;
+}
+
 task<std::vector<Extent>> RawBackend::do_block_status(std::uint64_t offset, std::uint64_t length) {
   std::vector<Extent> out;
   const std::uint64_t end = std::min(size_, offset + length);

@@ -15,6 +15,10 @@ class RawBackend final : public BlockBackend {
   std::uint64_t size() const override { return size_; }
   Capabilities capabilities() const override;
   BackendStats stats() const override { return file_stats(*file_); }
+  // qemu:allocation-depth: a raw file holds every byte itself (depth 1).
+  std::string context_problem(const std::string& context) const override;
+  task<std::vector<StatusRun>> context_status(const std::string& context, std::uint64_t offset,
+                                              std::uint64_t length) override;
 
  protected:
   task<> do_read(std::uint64_t offset, std::span<std::byte> buf) override;

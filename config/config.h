@@ -62,6 +62,8 @@ struct Export {
   bool force_share = false;
   // Persistent bitmaps exported as qemu:dirty-bitmap:NAME (qemu-nbd -B).
   std::vector<std::string> bitmaps;
+  // Export qemu:allocation-depth (qemu-nbd -A).
+  bool allocation_depth = false;
   bool operator==(const Export&) const = default;
 };
 

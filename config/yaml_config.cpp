@@ -189,7 +189,7 @@ void read_allow(const Reader& r, const YAML::Node& n, const std::string& w, Expo
   }
 }
 
-const std::array<Field<Export>, 16> export_fields{{
+const std::array<Field<Export>, 17> export_fields{{
     {"force_share", [](const Reader& r, const YAML::Node& n, const std::string& w,
                        Export& e) { e.force_share = r.boolean(n, w); }},
     {"name", [](const Reader& r, const YAML::Node& n, const std::string& w,
@@ -243,6 +243,8 @@ const std::array<Field<Export>, 16> export_fields{{
        if (!n.IsSequence()) r.fail(n, w + ": expected a list of bitmap names, got " + r.kind(n));
        for (const auto& item : n) e.bitmaps.push_back(r.nbd_string(item, w));
      }},
+    {"allocation_depth", [](const Reader& r, const YAML::Node& n, const std::string& w,
+                            Export& e) { e.allocation_depth = r.boolean(n, w); }},
 }};
 
 const std::array<Field<std::optional<Endpoint>>, 1> metrics_fields{{

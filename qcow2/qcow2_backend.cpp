@@ -63,6 +63,7 @@ constexpr std::uint32_t NBD_STATE_DIRTY = 1;  // qemu's dirty-bitmap context fla
 
 // qemu-nbd -B refuses the same bitmaps, with the same words.
 std::string Qcow2Backend::context_problem(const std::string& context) const {
+  if (context == kAllocationDepthContext) return {};
   if (!context.starts_with(kDirtyBitmapPrefix)) return BlockBackend::context_problem(context);
   const std::string name = context.substr(kDirtyBitmapPrefix.size());
   for (const auto& b : image_->bitmaps().list()) {
@@ -79,6 +80,10 @@ std::string Qcow2Backend::context_problem(const std::string& context) const {
 task<std::vector<StatusRun>> Qcow2Backend::context_status(const std::string& context,
                                                           std::uint64_t offset,
                                                           std::uint64_t length) {
+  if (context == kAllocationDepthContext) {
+    Image::ActiveOp op(*image_);
+    co_return co_await image_->allocation_depth(offset, length);
+  }
   DirtyBitmap* b = context.starts_with(kDirtyBitmapPrefix)
                        ? image_->bitmaps().find(context.substr(kDirtyBitmapPrefix.size()))
                        : nullptr;

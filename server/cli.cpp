@@ -94,6 +94,8 @@ const Option options[] = {
      [](Targets& t, std::string_view) { t.exp.force_share = true; }},
     {'B', "bitmap", "NAME", Scope::per_export,
      [](Targets& t, std::string_view v) { t.exp.bitmaps.push_back(nbd_string(v)); }},
+    {'A', "allocation-depth", "", Scope::per_export,
+     [](Targets& t, std::string_view) { t.exp.allocation_depth = true; }},
     {'f', "format", "FMT", Scope::per_export,
      [](Targets& t, std::string_view v) { t.exp.format = config::parse_format(v); }},
     {0, "cache", "MODE", Scope::per_export,
@@ -343,6 +345,8 @@ Export (single-image mode only; with --config set them per export):
   -D, --description=TEXT     export description shown to clients
   -B, --bitmap=NAME          export the persistent bitmap NAME as the meta context
                              qemu:dirty-bitmap:NAME (repeatable)
+  -A, --allocation-depth     export the meta context qemu:allocation-depth (which
+                             layer of the backing chain holds each range)
   -r, --read-only            refuse writes
       --force-share          with -r: let other processes write the image
                              (take no lock that keeps them out, as qemu -U)

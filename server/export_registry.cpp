@@ -11,6 +11,7 @@ Export& ExportRegistry::add(config::Export cfg, std::unique_ptr<BlockBackend> ba
   e->name = cfg.name;
   e->description = cfg.description;
   e->allow = cfg.allow;
+  if (cfg.allocation_depth) e->contexts.emplace_back(kAllocationDepthContext);
   for (const auto& bitmap : cfg.bitmaps) e->contexts.push_back("qemu:dirty-bitmap:" + bitmap);
   e->cfg = std::move(cfg);
   e->caps = backend->capabilities();

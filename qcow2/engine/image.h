@@ -58,8 +58,9 @@ struct MapRun {
   std::uint64_t guest;
   std::uint64_t length;
   MapKind kind;
-  std::uint64_t host = 0;   // Data: host offset of `guest`
-  format::L2Entry entry{};  // Compressed: the L2 entry
+  std::uint64_t host = 0;    // Data: host offset of `guest`
+  format::L2Entry entry{};   // Compressed: the L2 entry
+  bool unallocated = false;  // Zero: allocated in no layer (no backing file)
 };
 
 // Host offset of the cluster of entry `e` if guest bytes [from, to) of it
@@ -103,6 +104,8 @@ class Image {
   task<> trim(std::uint64_t offset, std::uint64_t length, bool fua);
   task<> flush();
   task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length);
+  // qemu:allocation-depth runs (allocation_depth.cpp).
+  task<std::vector<StatusRun>> allocation_depth(std::uint64_t offset, std::uint64_t length);
   task<> close();
   // The request fast path (BlockBackend::start_read/start_write): a range
   // inside one data cluster whose L2 table is cached (fast_path.cpp).

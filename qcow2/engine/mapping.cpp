@@ -60,7 +60,7 @@ task<std::vector<MapRun>> Image::map_range(std::uint64_t offset, std::uint64_t l
       MapRun& p = runs.back();
       const bool contiguous = p.kind == r.kind && p.guest + p.length == r.guest &&
                               (r.kind != MapKind::Data || p.host + p.length == r.host) &&
-                              r.kind != MapKind::Compressed;
+                              r.kind != MapKind::Compressed && p.unallocated == r.unallocated;
       const bool same_compressed = r.kind == MapKind::Compressed && p.kind == r.kind &&
                                    p.entry == r.entry && p.guest + p.length == r.guest &&
                                    g_.cluster_index(p.guest) == g_.cluster_index(r.guest);
@@ -78,7 +78,7 @@ task<std::vector<MapRun>> Image::map_range(std::uint64_t offset, std::uint64_t l
     auto table = co_await l2_table_for(pos);
     if (!table) co_return table.error();
     if (!*table) {
-      add({pos, piece_end - pos, backing_ ? MapKind::Backing : MapKind::Zero});
+      add({pos, piece_end - pos, backing_ ? MapKind::Backing : MapKind::Zero, 0, {}, !backing_});
       pos = piece_end;
       continue;
     }
@@ -92,7 +92,10 @@ task<std::vector<MapRun>> Image::map_range(std::uint64_t offset, std::uint64_t l
       if (!kind)
         co_return corrupt(fmt::format("invalid L2 entry {:#x}/{:#x} for guest offset {:#x}",
                                       e.entry, e.bitmap, pos));
-      add({pos, sc_end - pos, *kind, host + g_.offset_in_cluster(pos), e});
+      const SubclusterType type = subcluster_type(g_, e, sc);
+      const bool unallocated = !backing_ && (type == SubclusterType::UnallocatedPlain ||
+                                             type == SubclusterType::UnallocatedAlloc);
+      add({pos, sc_end - pos, *kind, host + g_.offset_in_cluster(pos), e, unallocated});
       pos = sc_end;
     }
   }
