@@ -22,6 +22,9 @@ enum class Format { detect, raw, qcow2 };
 enum class CacheMode { writeback, none };
 enum class LogLevel { trace, debug, info, warn, error };
 enum class TlsMode { off, on, require };
+// qemu's detect-zeroes: an all-zero WRITE becomes WRITE_ZEROES (unmap: one
+// that may deallocate).
+enum class DetectZeroes { off, on, unmap };
 
 // One entry of an export's `allow:` list (grammar in config/access.h).
 struct AllowRule {
@@ -64,6 +67,7 @@ struct Export {
   std::vector<std::string> bitmaps;
   // Export qemu:allocation-depth (qemu-nbd -A).
   bool allocation_depth = false;
+  DetectZeroes detect_zeroes = DetectZeroes::off;
   bool operator==(const Export&) const = default;
 };
 

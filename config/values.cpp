@@ -152,6 +152,12 @@ CacheMode parse_cache_mode(std::string_view text) {
   return parse_enum(text, cache_modes, "writeback|none");
 }
 
+DetectZeroes parse_detect_zeroes(std::string_view text) {
+  constexpr std::array<std::pair<std::string_view, DetectZeroes>, 3> modes{
+      {{"off", DetectZeroes::off}, {"on", DetectZeroes::on}, {"unmap", DetectZeroes::unmap}}};
+  return parse_enum(text, modes, "off|on|unmap");
+}
+
 LogLevel parse_log_level(std::string_view text) {
   return parse_enum(text, log_levels, "trace|debug|info|warn|error");
 }

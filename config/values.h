@@ -43,6 +43,7 @@ Endpoint parse_endpoint(std::string_view text);
 
 Format parse_format(std::string_view text);
 CacheMode parse_cache_mode(std::string_view text);
+DetectZeroes parse_detect_zeroes(std::string_view text);
 LogLevel parse_log_level(std::string_view text);
 
 std::string_view to_string(Format f);

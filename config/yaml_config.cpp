@@ -189,7 +189,7 @@ void read_allow(const Reader& r, const YAML::Node& n, const std::string& w, Expo
   }
 }
 
-const std::array<Field<Export>, 17> export_fields{{
+const std::array<Field<Export>, 18> export_fields{{
     {"force_share", [](const Reader& r, const YAML::Node& n, const std::string& w,
                        Export& e) { e.force_share = r.boolean(n, w); }},
     {"name", [](const Reader& r, const YAML::Node& n, const std::string& w,
@@ -245,6 +245,11 @@ const std::array<Field<Export>, 17> export_fields{{
      }},
     {"allocation_depth", [](const Reader& r, const YAML::Node& n, const std::string& w,
                             Export& e) { e.allocation_depth = r.boolean(n, w); }},
+    {"detect_zeroes",
+     [](const Reader& r, const YAML::Node& n, const std::string& w, Export& e) {
+       e.detect_zeroes =
+           r.scalar(n, w, [](const std::string& s) { return parse_detect_zeroes(s); });
+     }},
 }};
 
 const std::array<Field<std::optional<Endpoint>>, 1> metrics_fields{{

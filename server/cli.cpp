@@ -96,6 +96,8 @@ const Option options[] = {
      [](Targets& t, std::string_view v) { t.exp.bitmaps.push_back(nbd_string(v)); }},
     {'A', "allocation-depth", "", Scope::per_export,
      [](Targets& t, std::string_view) { t.exp.allocation_depth = true; }},
+    {0, "detect-zeroes", "MODE", Scope::per_export,
+     [](Targets& t, std::string_view v) { t.exp.detect_zeroes = config::parse_detect_zeroes(v); }},
     {'f', "format", "FMT", Scope::per_export,
      [](Targets& t, std::string_view v) { t.exp.format = config::parse_format(v); }},
     {0, "cache", "MODE", Scope::per_export,
@@ -347,6 +349,8 @@ Export (single-image mode only; with --config set them per export):
                              qemu:dirty-bitmap:NAME (repeatable)
   -A, --allocation-depth     export the meta context qemu:allocation-depth (which
                              layer of the backing chain holds each range)
+      --detect-zeroes=MODE   off (default), on: an all-zero write is done as
+                             write-zeroes; unmap: one that may deallocate
   -r, --read-only            refuse writes
       --force-share          with -r: let other processes write the image
                              (take no lock that keeps them out, as qemu -U)

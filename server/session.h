@@ -93,6 +93,8 @@ class Session : public std::enable_shared_from_this<Session> {
                                                 const std::vector<ReadChunk>& chunks);
   boost::asio::awaitable<Reply> cmd_block_status(const nbd::Request& req);
   boost::asio::awaitable<result<>> cmd_write_zeroes(const nbd::Request& req);
+  // --detect-zeroes on or unmap, and `data` is all zeros.
+  bool zero_write(std::span<const std::byte> data) const;
 
   // Runs a backend operation on the export's home worker: directly when this
   // session is there (no hop), else co_spawned onto the home executor, and

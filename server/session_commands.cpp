@@ -6,6 +6,7 @@
 #include "server/session.h"
 
 #include "common/co_try.h"
+#include "common/zero_bytes.h"
 #include "server/read_plan.h"
 
 #include <spdlog/spdlog.h>
@@ -46,6 +47,15 @@ awaitable<Session::Reply> Session::execute(const Request& req, Buffer& payload) 
       co_return co_await cmd_block_status(req);
     case NBD_CMD_WRITE: {
       std::span<const std::byte> data = payload.span();
+      if (zero_write(data)) {
+        // As qemu's bdrv_aligned_pwritev; unmap only where TRIM is allowed.
+        const bool unmap =
+            neg_.exp->cfg.detect_zeroes == config::DetectZeroes::unmap && lim_.can_trim;
+        r = co_await on_home([&be, off = req.offset, len = req.length, unmap, fua] {
+          return be.write_zeroes(off, len, unmap, false, fua);
+        });
+        break;
+      }
       r = co_await on_home([&be, off = req.offset, data, fua] { return be.write(off, data, fua); });
       break;
     }
@@ -72,6 +82,10 @@ awaitable<Session::Reply> Session::execute(const Request& req, Buffer& payload) 
     co_return simple(req, wire_error(r.error()));
   }
   co_return simple(req, 0);
+}
+
+bool Session::zero_write(std::span<const std::byte> data) const {
+  return neg_.exp->cfg.detect_zeroes != config::DetectZeroes::off && all_zero_bytes(data);
 }
 
 awaitable<result<>> Session::cmd_write_zeroes(const Request& req) {

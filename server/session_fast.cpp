@@ -23,8 +23,9 @@ bool Session::try_fast(const Request& req, Buffer& payload, std::size_t budget,
   if (read) {
     if (lim_.structured && !(req.flags & NBD_CMD_FLAG_DF) && req.length >= kSparseReadMin)
       return false;
-  } else if (req.type != NBD_CMD_WRITE || (req.flags & NBD_CMD_FLAG_FUA)) {
-    return false;
+  } else if (req.type != NBD_CMD_WRITE || (req.flags & NBD_CMD_FLAG_FUA) ||
+             zero_write(payload.span())) {
+    return false;  // a zero write under --detect-zeroes becomes WRITE_ZEROES there
   }
   if (validate_request(req, lim_).error) return false;
   std::unique_ptr<FastOp> slot;
