@@ -12,7 +12,7 @@ import subprocess
 
 CLUSTER = 64 * 1024
 SHARED = ("full", "raw", "frag-seq", "frag-rand", "frag-rev")
-FRESH = ("empty", "overlay", "snap")
+FRESH = ("empty", "overlay", "snap", "alloc", "alloc-bitmap")
 
 
 def run(cmd, **kw):
@@ -142,6 +142,11 @@ class Images:
             # write must copy-on-write.
             opts.append("preallocation=falloc")
             cmd = ["qemu-img", "create", "-q", "-f", "qcow2"]
+        elif kind in ("alloc", "alloc-bitmap"):
+            # Every cluster allocated, writes in place: what recording into
+            # an enabled bitmap adds is all that differs between the two.
+            opts.append("preallocation=falloc")
+            cmd = ["qemu-img", "create", "-q", "-f", "qcow2"]
         else:
             raise ValueError(kind)
         if opts:
@@ -151,6 +156,8 @@ class Images:
             warm_path(self.path("full"))
         if kind == "snap":
             run(["qemu-img", "snapshot", "-c", "base", dest])
+        if kind == "alloc-bitmap":
+            run(["qemu-img", "bitmap", "--add", dest, "b0"])
         return dest
 
 
