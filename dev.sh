@@ -15,6 +15,8 @@ PACKAGES=(
   qemu-utils libnbd-bin python3-libnbd nbdkit fio systemd gnutls-bin prometheus
   # the VM test (tests/vm): guests, their tools, host-side ext4 checks
   qemu-system-x86 busybox-static nbd-client e2fsprogs
+  # fuzzing: FuzzedDataProvider.h for the suite's targets, libFuzzer for soak.sh
+  clang-14 libclang-rt-14-dev
 )
 
 install_deps() {

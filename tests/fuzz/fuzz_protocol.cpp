@@ -13,7 +13,7 @@
 #include "tests/fuzz/fuzz_check.h"
 #include "server/protocol.h"
 
-#include <fuzzer/FuzzedDataProvider.h>
+#include "tests/fuzz/data_provider.h"
 
 #include <algorithm>
 #include <cstdio>

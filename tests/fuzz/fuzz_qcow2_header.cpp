@@ -16,7 +16,7 @@
 #include "qcow2/format/header.h"
 #include "qcow2/format/snapshot.h"
 
-#include <fuzzer/FuzzedDataProvider.h>
+#include "tests/fuzz/data_provider.h"
 
 #include <algorithm>
 #include <bit>

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Runs one fuzz target for a bounded number of inputs over its seed corpus
-# (the meson test and soak.sh use this). Builds the target first if needed.
+# with libFuzzer (the suite runs the g++ build instead: meson.build). Builds
+# the target first if needed.
 #   run.sh <build dir> <target> <runs> [libFuzzer options...]
 # Fails on any crash, sanitizer report, timeout or memory blow-up; the
 # failing input is kept in <build dir>/artifacts/<target>/ and its path is
