@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <limits>
 
 namespace qnbd::qcow2 {
@@ -71,10 +72,14 @@ task<> ClusterGuard::unlink_table(std::uint64_t host) {
 }
 
 void ClusterGuard::given_out(const std::vector<HostRun>& runs) {
-  for (const HostRun& r : runs)
-    if (!r.fresh)
-      for (std::uint64_t k = 0; k < r.clusters; ++k)
-        given_out_.insert(g_.cluster_index(r.offset) + k);
+  for (const HostRun& r : runs) {
+    if (r.fresh) {
+      fresh_from_ = std::min(fresh_from_, g_.cluster_index(r.offset));
+      continue;
+    }
+    for (std::uint64_t k = 0; k < r.clusters; ++k)
+      given_out_.insert(g_.cluster_index(r.offset) + k);
+  }
 }
 
 task<> ClusterGuard::first_use(const Table& t, std::uint64_t guest_base) {
@@ -87,7 +92,7 @@ task<> ClusterGuard::first_use(const Table& t, std::uint64_t guest_base) {
       const What what = [guest, &t] {
         return fmt::format("data of guest offset {:#x} in L2 table {:#x}", guest, t.offset);
       };
-      if (given_out_.count(g_.cluster_index(c)))
+      if (given_out_.count(g_.cluster_index(c)) || g_.cluster_index(c) >= fresh_from_)
         co_return corrupt_(fmt::format(
             "host cluster {:#x} ({}) had refcount 0 and was given out to other data", c, what()));
       QNBD_CO_TRY(co_await referenced_data(c, what));

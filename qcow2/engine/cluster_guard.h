@@ -32,6 +32,7 @@
 #include "qcow2/format/geometry.h"
 
 #include <functional>
+#include <limits>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -66,8 +67,12 @@ class ClusterGuard {
   // The L2 table at `host` is about to be replaced by a copy.
   task<> unlink_table(std::uint64_t host);
 
-  // Clusters just allocated; those inside the file before (not fresh) must
-  // not appear in a table read later.
+  // Clusters just allocated must not appear in a table read later. Fresh
+  // ones (beyond the file's end when the image was opened) are kept as the
+  // lowest such cluster: a table read later may map nothing from there on,
+  // since a cluster there was either given out or past EOF when opened (the
+  // table at the old EOF mapping a cluster past it, which a write was then
+  // given: tests/fuzz/corpus/fuzz_qcow2_open/regress-table-maps-past-eof).
   void given_out(const std::vector<HostRun>& runs);
   // An L2 table the engine made itself: its entries are checked already.
   void table_is_ours(std::uint64_t offset) { checked_tables_.insert(offset); }
@@ -90,7 +95,8 @@ class ClusterGuard {
   const MetadataMap& metadata_;
   const format::Geometry& g_;
   Corrupt corrupt_;
-  std::unordered_set<std::uint64_t> given_out_;  // cluster indexes
+  std::unordered_set<std::uint64_t> given_out_;                           // cluster indexes
+  std::uint64_t fresh_from_ = std::numeric_limits<std::uint64_t>::max();  // cluster index
   std::unordered_set<std::uint64_t> checked_tables_;
 };
 
