@@ -22,10 +22,12 @@ HARNESS_WARN := -Wall -Wextra -Werror
 # and a stale explicit list breaks the link. Everything else is listed.
 PROTOCOL_SRC := server/protocol.cpp
 FORMAT_SRC := $(sort $(wildcard qcow2/format/*.cpp))
-CHECK_ONLY_SRC := io/uring.cpp io/uring_file.cpp $(sort $(wildcard qcow2/check/*.cpp))
+CHECK_ONLY_SRC := io/uring.cpp io/uring_file.cpp $(sort $(wildcard qcow2/meta/*.cpp)) \
+                  $(sort $(wildcard qcow2/check/*.cpp))
 ENGINE_SRC := $(FORMAT_SRC) common/result.cpp io/memory_file.cpp backend/block_backend.cpp \
               backend/raw_backend.cpp \
-              $(sort $(wildcard qcow2/engine/*.cpp)) qcow2/qcow2_backend.cpp $(CHECK_ONLY_SRC)
+              $(sort $(wildcard qcow2/engine/*.cpp)) $(sort $(wildcard qcow2/defrag/*.cpp)) \
+              qcow2/qcow2_backend.cpp $(CHECK_ONLY_SRC)
 CHECK_SRC := $(FORMAT_SRC) common/result.cpp io/memory_file.cpp $(CHECK_ONLY_SRC)
 
 obj = $(patsubst %.cpp,$(OUT)/obj/%.o,$(1))
