@@ -15,6 +15,15 @@ struct MetadataCacheStats {
   std::uint64_t dirty = 0;  // tables changed in memory, not yet written back
 };
 
+// The online defragmenter's progress (exports with defrag: auto).
+struct DefragStats {
+  std::uint64_t passes = 0;             // passes finished (compaction included)
+  std::uint64_t clusters_moved = 0;     // by every pass so far
+  std::uint64_t active = 0;             // 1 while a pass runs
+  double contiguous_fraction = 1.0;     // guest runs that are host-contiguous, at the last check
+  std::uint64_t reclaimable_bytes = 0;  // what compaction would give back, at the last check
+};
+
 struct BackendStats {
   std::uint64_t file_size = 0;         // bytes, as stat() reports st_size
   std::uint64_t allocated_bytes = 0;   // bytes the file system allocated (st_blocks * 512)
@@ -22,6 +31,7 @@ struct BackendStats {
   std::uint64_t data_syncs = 0;        // fdatasync calls on the image file
   // qcow2 only: the L2 table cache and the refcount block cache.
   std::optional<MetadataCacheStats> l2_cache, refcount_cache;
+  std::optional<DefragStats> defrag;
 };
 
 // Size, allocation and syncs of the file `f` (errors read as 0).

@@ -16,7 +16,11 @@ class Qcow2Backend final : public BlockBackend {
 
   std::uint64_t size() const override { return image_->size(); }
   Capabilities capabilities() const override;
-  BackendStats stats() const override { return image_->stats(); }
+  BackendStats stats() const override {
+    BackendStats s = image_->stats();
+    if (defrag_) s.defrag = defrag_->progress();
+    return s;
+  }
   Image& image() { return *image_; }
   // Online defragmentation on `ex` (the image's executor) until close.
   void start_defrag(const DefragOptions& o, const boost::asio::any_io_executor& ex);

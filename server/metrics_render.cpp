@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iterator>
 
 namespace qnbd::metrics {
@@ -117,6 +118,32 @@ void image_family(Writer& w, const Images& im, std::string_view name, std::strin
   for (const auto& [exp, s] : im) w.sample(name, export_label(exp), s.*field);
 }
 
+template <class V>
+void defrag_family(Writer& w, const Images& im, std::string_view name, std::string_view type,
+                   std::string_view help, V DefragStats::*field) {
+  // Only exports with defrag: auto have these series; no empty families.
+  if (std::none_of(im.begin(), im.end(), [](const auto& e) { return e.second.defrag; })) return;
+  w.family(name, type, help);
+  for (const auto& [exp, s] : im)
+    if (s.defrag) w.sample(name, export_label(exp), (*s.defrag).*field);
+}
+
+void defrag(Writer& w, const Images& im) {
+  defrag_family(w, im, "qnbd_defrag_passes_total", "counter",
+                "Online defragmentation passes finished (compaction included).",
+                &DefragStats::passes);
+  defrag_family(w, im, "qnbd_defrag_clusters_moved_total", "counter",
+                "Clusters the online defragmenter moved.", &DefragStats::clusters_moved);
+  defrag_family(w, im, "qnbd_defrag_active", "gauge", "1 while a defragmentation pass runs.",
+                &DefragStats::active);
+  defrag_family(w, im, "qnbd_defrag_contiguous_ratio", "gauge",
+                "Guest runs of data that are host-contiguous, at the last layout check.",
+                &DefragStats::contiguous_fraction);
+  defrag_family(w, im, "qnbd_defrag_reclaimable_bytes", "gauge",
+                "Bytes compaction would give back, at the last layout check.",
+                &DefragStats::reclaimable_bytes);
+}
+
 void images(Writer& w, const Images& im) {
   cache_family(w, im, "qnbd_metadata_cache_hits_total", "counter",
                "qcow2 metadata table lookups served from the cache.", &MetadataCacheStats::hits);
@@ -137,6 +164,7 @@ void images(Writer& w, const Images& im) {
   image_family(w, im, "qnbd_image_allocated_bytes", "gauge",
                "Bytes the file system allocated to the image file.",
                &BackendStats::allocated_bytes);
+  defrag(w, im);
 }
 
 }  // namespace

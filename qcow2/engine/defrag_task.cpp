@@ -39,11 +39,20 @@ boost::asio::awaitable<void> DefragTask::pause(double seconds) {
   co_await timer_->async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
 }
 
+namespace {
+std::uint64_t reclaimable_bytes(const defrag::Stats& s, std::uint64_t cluster_size) {
+  return (s.file_clusters - std::min(s.file_clusters, s.target_clusters)) * cluster_size;
+}
+}  // namespace
+
 bool DefragTask::wanted(const defrag::Stats& s) const {
-  const std::uint64_t cs = d_.cluster_size();
-  const std::uint64_t reclaimable =
-      (s.file_clusters - std::min(s.file_clusters, s.target_clusters)) * cs;
-  return s.contiguous_fraction() < o_.threshold || reclaimable >= o_.reclaim;
+  return s.contiguous_fraction() < o_.threshold ||
+         reclaimable_bytes(s, d_.cluster_size()) >= o_.reclaim;
+}
+
+void DefragTask::observe(const defrag::Stats& s) {
+  progress_.contiguous_fraction = s.contiguous_fraction();
+  progress_.reclaimable_bytes = reclaimable_bytes(s, d_.cluster_size());
 }
 
 boost::asio::awaitable<void> DefragTask::run() {
@@ -51,8 +60,13 @@ boost::asio::awaitable<void> DefragTask::run() {
     auto p = co_await d_.plan();
     if (!p) {
       spdlog::warn("{}: defrag: cannot read the layout: {}", d_.name(), p.error().message());
-    } else if (!p->steps.empty() && wanted(p->stats)) {
-      co_await pass(p->stats, p->steps.size());
+    } else {
+      observe(p->stats);
+      if (!p->steps.empty() && wanted(p->stats)) {
+        progress_.active = 1;
+        co_await pass(p->stats, p->steps.size());
+        progress_.active = 0;
+      }
     }
     if (!stopping_) co_await pause(o_.check_interval);
   }
@@ -65,8 +79,7 @@ boost::asio::awaitable<void> DefragTask::pass(const defrag::Stats& before, std::
   spdlog::info(
       "{}: defrag: pass starts: {}/{} runs host-contiguous, {} moves planned, {} bytes "
       "reclaimable",
-      d_.name(), before.contiguous_runs, before.guest_runs, steps,
-      (before.file_clusters - before.target_clusters) * cs);
+      d_.name(), before.contiguous_runs, before.guest_runs, steps, reclaimable_bytes(before, cs));
   const std::size_t batch = std::max<std::uint64_t>(1, std::min(kCycleBytes, o_.rate / 4) / cs);
   std::uint64_t moved = 0, total = steps, reported = 0;
   while (!stopping_) {
@@ -82,6 +95,7 @@ boost::asio::awaitable<void> DefragTask::pass(const defrag::Stats& before, std::
     total = std::max(total, moved + c->remaining);
     if (c->remaining == 0) break;
     moved += c->moved;
+    progress_.clusters_moved += c->moved;
     if (moved * 10 / total > reported) {
       reported = moved * 10 / total;
       spdlog::info("{}: defrag: {}% ({} clusters moved)", d_.name(), reported * 10, moved);
@@ -95,6 +109,8 @@ boost::asio::awaitable<void> DefragTask::pass(const defrag::Stats& before, std::
     spdlog::warn("{}: defrag: compaction failed", d_.name());
     co_return;
   }
+  ++progress_.passes;
+  observe(after->stats);
   spdlog::info(
       "{}: defrag: pass done: {} clusters moved, {}/{} runs host-contiguous, file {} "
       "bytes",

@@ -11,6 +11,7 @@
 // It logs each pass (start, every 10%, end) at info level.
 #pragma once
 
+#include "backend/backend_stats.h"
 #include "qcow2/engine/coro_sync.h"
 #include "qcow2/engine/defrag.h"
 
@@ -36,6 +37,8 @@ class DefragTask {
   void start(const boost::asio::any_io_executor& ex);
   // Ends the loop after the cycle in progress, if any.
   boost::asio::awaitable<void> stop();
+  // Progress for the metrics (read on the image's worker).
+  const DefragStats& progress() const { return progress_; }
 
  private:
   boost::asio::awaitable<void> run();
@@ -43,6 +46,7 @@ class DefragTask {
   // A pass: cycles until nothing is left to move, then compaction.
   boost::asio::awaitable<void> pass(const defrag::Stats& before, std::uint64_t steps);
   bool wanted(const defrag::Stats& s) const;
+  void observe(const defrag::Stats& s);
 
   Defragmenter d_;
   DefragOptions o_;
@@ -50,6 +54,7 @@ class DefragTask {
   bool stopping_ = false;
   bool running_ = false;
   WaitQueue stopped_;
+  DefragStats progress_;
 };
 
 }  // namespace qnbd::qcow2

@@ -197,6 +197,31 @@ def test_refusals_counted_by_reason(tmp):
         promtool_check(scrape(port))
 
 
+def test_defrag_progress(tmp):
+    image = os.path.join(tmp, "frag.qcow2")
+    h.run(["qemu-img", "create", "-q", "-f", "qcow2", image, str(4 * h.MiB)])
+    cmds = []
+    for i in reversed(range(64)):  # 64 KiB clusters written in reverse order: fragmented
+        cmds += ["-c", f"write -P {i + 1} {i * 65536} 64k"]
+    h.run(["qemu-io", "-f", "qcow2", *cmds, image])
+    port = h.free_tcp_port()
+    with h.Server(tmp, image, name="frag", fmt="qcow2",
+                  extra=["--metrics", f"127.0.0.1:{port}", "--defrag", "auto"]):
+        def passes():
+            return value(parse(scrape(port)), "qnbd_defrag_passes_total", export="frag")
+        wait_for(lambda: passes() >= 1, 60, "a defragmentation pass")
+        text = scrape(port)
+        promtool_check(text)
+        s = parse(text)
+        assert value(s, "qnbd_defrag_clusters_moved_total", export="frag") > 0
+        assert value(s, "qnbd_defrag_contiguous_ratio", export="frag") == 1
+        assert value(s, "qnbd_defrag_active", export="frag") == 0
+    h.run(["qemu-img", "check", "-q", image])
+    for i in (0, 63):
+        h.run(["qemu-io", "-f", "qcow2", "-c", f"read -P {i + 1} {i * 65536} 64k", image])
+
+
 if __name__ == "__main__":
     h.main([test_scrape_passes_promtool_and_counts_traffic, test_other_paths_and_methods,
-            test_bad_metrics_address_is_refused, test_refusals_counted_by_reason])
+            test_bad_metrics_address_is_refused, test_refusals_counted_by_reason,
+            test_defrag_progress])
