@@ -360,6 +360,8 @@ Export (single-image mode only; with --config set them per export):
       --refcount-cache-size=SIZE  qcow2 refcount block cache in bytes
       --lazy-refcounts       defer refcount writes (qcow2 dirty-bit mode)
       --cache-clean-interval=SECONDS  write back idle dirty metadata after this
+      --defrag=off|auto      qcow2: defragment and compact while serving
+      --defrag-rate=SIZE     bytes/s the online defragmenter moves at most (64M)
 
 TLS (STARTTLS; files as qemu's tls-creds-x509 and nbdkit read them):
       --tls=off|on|require   on: offer TLS; require: refuse clients without it
