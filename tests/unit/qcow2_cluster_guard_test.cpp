@@ -178,3 +178,42 @@ TEST_CASE("cluster guard: a consistent image with a shared cluster writes normal
   again.open(f.file->contents());
   CHECK(again.read(kCs, kCs) == pattern(kCs, 0x99));
 }
+
+TEST_CASE("cluster guard: fuzz finding, an L2 table at the old end of file maps past it") {
+  writes_persist_or_fail(load_seed("regress-table-maps-past-eof"));
+}
+
+TEST_CASE("cluster guard: a table read late may not map the clusters given out fresh") {
+  // Two L2 tables (guest clusters 0-63 and 64-127); the second maps guest 65
+  // at the first cluster past the end of the file. A write to guest 1 is
+  // given that cluster (refcount 0 -> 1); the first use of the second table
+  // must then refuse its entry, else guest 65's write lands in place on
+  // guest 1's acknowledged data.
+  Fixture made;
+  made.open(make_image(kBits, 128 * kCs));
+  made.ok(made.image->write(0, pattern(kCs, 0x10), false));
+  made.ok(made.image->write(64 * kCs, pattern(kCs, 0x50), false));
+  made.ok(made.image->close());
+  auto bytes = made.file->contents();
+  const std::uint64_t eof = (bytes.size() + kCs - 1) / kCs * kCs;
+  const std::uint64_t t2 = l1_l2_offset(load_be64(bytes.data() + 3 * kCs + 8));
+  REQUIRE(t2 != 0);
+  store_be64(bytes.data() + t2 + 8, eof | QCOW_OFLAG_COPIED);
+
+  Fixture f;
+  f.open(std::move(bytes));
+  f.ok(f.image->write(kCs, pattern(kCs, 0x11), false));
+  auto r = run(f.ctx, f.image->write(65 * kCs, pattern(kCs, 0x77), false));
+  REQUIRE_FALSE(r);
+  CHECK(r.error() == make_error_code(errc::corrupt_image));
+  (void)run(f.ctx, f.image->close());
+  const auto after = f.file->contents();
+  CHECK(marked_corrupt(after));
+  const std::uint64_t l2 = l1_l2_offset(load_be64(after.data() + 3 * kCs));
+  CHECK((load_be64(after.data() + l2 + 8) & ~QCOW_OFLAG_COPIED) == eof);  // the premise
+  Fixture again;
+  again.open(after);
+  CHECK(again.read(0, kCs) == pattern(kCs, 0x10));
+  CHECK(again.read(kCs, kCs) == pattern(kCs, 0x11));
+  CHECK(again.read(64 * kCs, kCs) == pattern(kCs, 0x50));
+}
