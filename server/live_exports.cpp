@@ -1,5 +1,6 @@
 #include "server/live_exports.h"
 
+#include "common/run_sync.h"
 #include "server/open_image.h"
 #include "server/reload.h"
 
@@ -29,15 +30,8 @@ namespace {
 // Runs `aw` to completion on ctx (whose loop is not running yet); rethrows.
 template <class T>
 T run_sync(boost::asio::io_context& ctx, awaitable<T> aw) {
-  std::exception_ptr failure;
-  std::optional<T> value;
-  boost::asio::co_spawn(ctx, std::move(aw), [&](std::exception_ptr e, T v) {
-    failure = e;
-    if (!e) value.emplace(std::move(v));
-  });
-  while (!failure && !value && ctx.run_one() > 0) {
-  }
-  if (failure) std::rethrow_exception(failure);
+  auto value = run_until_done(ctx, std::move(aw));
+  if (!value) throw std::logic_error("opening an image never finished");
   return std::move(*value);
 }
 

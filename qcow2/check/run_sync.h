@@ -3,14 +3,12 @@
 // create code. Never use it inside the server's event loop.
 #pragma once
 
+#include "common/run_sync.h"
 #include "io/uring.h"
 
-#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 
-#include <exception>
-#include <optional>
-#include <utility>
+#include <stdexcept>
 
 namespace qnbd::qcow2 {
 
@@ -23,22 +21,8 @@ class SyncRunner {
   // Returns the awaitable's value; rethrows its exception.
   template <class T>
   T run(boost::asio::awaitable<T> aw) {
-    std::optional<T> out;
-    std::exception_ptr error;
-    bool done = false;
-    boost::asio::co_spawn(ctx_, std::move(aw), [&](std::exception_ptr e, T v) {
-      if (e)
-        error = e;
-      else
-        out.emplace(std::move(v));
-      done = true;
-      ctx_.stop();  // the ring's eventfd watch would keep run() going forever
-    });
-    while (!done) {
-      ctx_.restart();
-      ctx_.run();
-    }
-    if (error) std::rethrow_exception(error);
+    auto out = run_until_done(ctx_, std::move(aw));
+    if (!out) throw std::logic_error("an operation never finished (the event loop ran dry)");
     return std::move(*out);
   }
 

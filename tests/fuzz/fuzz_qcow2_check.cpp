@@ -8,6 +8,7 @@
 // repair that claims success but leaves an image that a second check does
 // not find clean.
 #include "tests/fuzz/fuzz_check.h"
+#include "common/run_sync.h"
 #include "qcow2/check/check.h"
 #include "tests/fuzz/limited_file.h"
 
@@ -32,30 +33,13 @@ constexpr std::uint64_t kFileLimit = 64u << 20;
 template <class T>
 T run(boost::asio::io_context& ctx, boost::asio::awaitable<T> aw, const char* what) {
   std::optional<T> out;
-  std::exception_ptr error;
-  bool done = false;
-  boost::asio::co_spawn(ctx, std::move(aw), [&](std::exception_ptr e, T v) {
-    if (e)
-      error = e;
-    else
-      out.emplace(std::move(v));
-    done = true;
-  });
-  // Stop when the operation is done, not when the loop runs dry: the engine
-  // keeps timers (idle metadata write-back) that would keep run() going.
-  while (!done) {
-    ctx.restart();
-    if (ctx.run_one() == 0) break;  // nothing left to run: the operation is stuck
-  }
-  if (error) {
-    try {
-      std::rethrow_exception(error);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "%s threw %s: %s\n", what, typeid(e).name(), e.what());
-    }
+  try {
+    out = run_until_done(ctx, std::move(aw));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s threw %s: %s\n", what, typeid(e).name(), e.what());
     std::abort();
   }
-  FUZZ_CHECK(out.has_value());
+  FUZZ_CHECK(out.has_value());  // the event loop ran dry with the coroutine suspended
   return std::move(*out);
 }
 

@@ -16,6 +16,7 @@
 // without overlap checks clobbers metadata on any image whose refcounts
 // claim a used cluster is free, and every such input fails the same way.
 #include "tests/fuzz/fuzz_check.h"
+#include "common/run_sync.h"
 #include "backend/raw_backend.h"
 #include "io/memory_file.h"
 #include "qcow2/check/check.h"
@@ -58,23 +59,7 @@ class MemoryBacking final : public qcow2::BackingResolver {
 
 template <class T>
 T run(boost::asio::io_context& ctx, boost::asio::awaitable<T> aw) {
-  std::optional<T> out;
-  std::exception_ptr error;
-  bool done = false;
-  boost::asio::co_spawn(ctx, std::move(aw), [&](std::exception_ptr e, T v) {
-    if (e)
-      error = e;
-    else
-      out.emplace(std::move(v));
-    done = true;
-  });
-  // Stop when the operation is done, not when the loop runs dry: the engine
-  // keeps timers (idle metadata write-back) that would keep run() going.
-  while (!done) {
-    ctx.restart();
-    if (ctx.run_one() == 0) break;  // nothing left to run: the operation is stuck
-  }
-  if (error) std::rethrow_exception(error);
+  auto out = run_until_done(ctx, std::move(aw));
   FUZZ_CHECK(out.has_value());  // the event loop ran dry with the coroutine suspended
   return std::move(*out);
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "backend/raw_backend.h"
+#include "common/run_sync.h"
 #include "io/memory_file.h"
 #include "qcow2/engine/load.h"
 #include "qcow2/format/endian.h"
@@ -53,16 +54,7 @@ inline std::vector<std::byte> make_image(unsigned cluster_bits, std::uint64_t si
 
 template <class T>
 T run(boost::asio::io_context& ctx, boost::asio::awaitable<T> aw) {
-  std::optional<T> out;
-  std::exception_ptr err;
-  boost::asio::co_spawn(ctx, std::move(aw), [&](std::exception_ptr e, T v) {
-    err = e;
-    if (!e) out.emplace(std::move(v));
-  });
-  ctx.restart();
-  while (!out && !err && ctx.run_one()) {
-  }
-  if (err) std::rethrow_exception(err);
+  auto out = run_until_done(ctx, std::move(aw));
   REQUIRE(out);
   return std::move(*out);
 }
