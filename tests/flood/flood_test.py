@@ -15,6 +15,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 import nbd_wire as w  # noqa: E402
 import qnbd_harness as h  # noqa: E402
+from qnbd_server import fd_count, wait_for  # noqa: E402
 
 SIZE = 64 * h.MiB
 CLIENTS = int(os.environ.get("QNBD_FLOOD_CLIENTS", "1000"))
@@ -31,19 +32,6 @@ def proc_status(pid, key):
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise KeyError(key)
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(cond, timeout=30, what="condition"):
-    """Waits for a server-side state change (descriptor counts) that has no event to wait on."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Flood:

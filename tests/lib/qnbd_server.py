@@ -25,6 +25,9 @@ Server(workdir, image=None, *, name="", fmt="raw", read_only=False,
   log_tail(limit=8000)  the end of the server's log, for failure messages.
   As a context manager: stop() on success; on an exception kill() quietly
   and print the log to stderr.
+fd_count(pid)   the open descriptors of a process (a server's, for leak checks).
+wait_for(cond, timeout=30, what=...)  polls cond() until true, for server-side
+               state that has no event to wait on (descriptor counts).
 
 The binary is $QNBD (meson sets it). When it names qemu-nbd, the same tests
 run against qemu-nbd (is_reference()), which is how they were validated.
@@ -40,6 +43,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -88,6 +92,18 @@ def wait_pid(pid, timeout):
         return os.waitpid(pid, 0)[1]
     finally:
         os.close(fd)
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_for(cond, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 class Server:
