@@ -25,7 +25,8 @@ Server(workdir, image=None, *, name="", fmt="raw", read_only=False,
   log_tail(limit=8000)  the end of the server's log, for failure messages.
   As a context manager: stop() on success; on an exception kill() quietly
   and print the log to stderr.
-fd_count(pid)   the open descriptors of a process (a server's, for leak checks).
+fd_count(pid)   the open descriptors of a process (a server's, for leak checks);
+socket_count(pid)  those of them that are sockets.
 wait_for(cond, timeout=30, what=...)  polls cond() until true, for server-side
                state that has no event to wait on (descriptor counts).
 
@@ -96,6 +97,16 @@ def wait_pid(pid, timeout):
 
 def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def socket_count(pid):
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:  # closed since the listing
+            pass
+    return count
 
 
 def wait_for(cond, timeout=30, what="condition"):
