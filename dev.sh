@@ -4,6 +4,8 @@
 #                    at nbd://127.0.0.1:10809/ until Ctrl-C
 #   ./dev.sh test    install dependencies, build (release and ASan+UBSan), run every
 #                    test in both builds; the last line is "N passed, N failed"
+#   ./dev.sh tsan    build with ThreadSanitizer (build-tsan) and run the tests of the
+#                    threaded parts there (tests/meson.build lists them); same last line
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -72,8 +74,20 @@ run_tests() {
   return $status
 }
 
+# Not part of `test`: a cold TSan build alone takes longer than the suite's
+# budget allows (25 min on the 2 loaded cores it was measured on).
+run_tsan() {
+  install_deps
+  build build-tsan --buildtype=debug -Db_sanitize=thread -Db_lundef=false
+  local status=0
+  meson test -C build-tsan --print-errorlogs --num-processes 2 || status=1
+  /usr/bin/python3 tests/summarize.py build-tsan/meson-logs/testlog.json || status=1
+  return $status
+}
+
 case "${1:-}" in
   serve) serve ;;
   test) run_tests ;;
-  *) echo "usage: $0 serve|test" >&2; exit 2 ;;
+  tsan) run_tsan ;;
+  *) echo "usage: $0 serve|test|tsan" >&2; exit 2 ;;
 esac
