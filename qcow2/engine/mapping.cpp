@@ -74,7 +74,7 @@ task<std::vector<MapRun>> Image::map_range(std::uint64_t offset, std::uint64_t l
   const std::uint64_t end = offset + length;
   std::uint64_t pos = offset;
   while (pos < end) {
-    const std::uint64_t piece_end = std::min(end, (pos / g_.l2_coverage() + 1) * g_.l2_coverage());
+    const std::uint64_t piece_end = g_.l2_piece_end(pos, end);
     auto table = co_await l2_table_for(pos);
     if (!table) co_return table.error();
     if (!*table) {

@@ -192,6 +192,15 @@ void Refcounts::defer_free_bytes(std::uint64_t host_offset, std::uint64_t bytes)
   if (bytes) deferred_.push_back({host_offset, bytes});
 }
 
+void Refcounts::defer_free_data_of(const format::L2Entry& e) {
+  if (format::l2_compressed(e)) {
+    const format::CompressedDescriptor d = format::decode_compressed(g_, e);
+    defer_free_bytes(d.host_offset & ~511ull, d.sectors * 512);
+  } else if (const std::uint64_t host = format::l2_host_offset(e)) {
+    defer_free_cluster(host);
+  }
+}
+
 // A bigger table goes into free space; its own clusters are counted through
 // the (in-memory) new table, which becomes current now and durable at the
 // next write_back (table, sync, header, sync).

@@ -17,6 +17,7 @@
 #include "io/file.h"
 #include "qcow2/engine/overlap.h"
 #include "qcow2/engine/table_cache.h"
+#include "qcow2/format/entries.h"
 #include "qcow2/format/geometry.h"
 
 #include <cstdint>
@@ -62,6 +63,10 @@ class Refcounts {
   }
   // Compressed data: every cluster the byte range touches loses one reference.
   void defer_free_bytes(std::uint64_t host_offset, std::uint64_t bytes);
+  // The data an L2 entry being replaced points at (a compressed extent's
+  // sectors or a data cluster; nothing for an entry without data), freed as
+  // above.
+  void defer_free_data_of(const format::L2Entry& e);
 
   // Flush stage 1 (data and refcounts first): refcount blocks, sync, then a
   // changed refcount table, sync, then a moved table in the header, sync.

@@ -24,7 +24,7 @@ task<> Image::write(std::uint64_t offset, std::span<const std::byte> buf, bool f
   std::uint64_t pos = offset;
   const std::uint64_t end = offset + buf.size();
   while (pos < end) {
-    const std::uint64_t piece_end = std::min(end, (pos / g_.l2_coverage() + 1) * g_.l2_coverage());
+    const std::uint64_t piece_end = g_.l2_piece_end(pos, end);
     auto r = co_await write_piece(pos, buf.subspan(pos - offset, piece_end - pos));
     if (!r) co_return r;
     pos = piece_end;
@@ -179,12 +179,7 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
     store_l2(g_, (*linked)->data.data(), idx, p.new_entry);
     lo = std::min(lo, g_.cluster_index(p.guest));
     hi = std::max(hi, g_.cluster_index(p.guest));
-    if (p.free_old_compressed) {
-      const CompressedDescriptor d = decode_compressed(g_, p.old_entry);
-      refcounts_.defer_free_bytes(d.host_offset & ~511ull, d.sectors * 512);
-    } else if (p.free_old_cluster) {
-      refcounts_.defer_free_cluster(l2_host_offset(p.old_entry));
-    }
+    if (p.free_old_compressed || p.free_old_cluster) refcounts_.defer_free_data_of(p.old_entry);
   }
   if (lo <= hi) mark_l2_dirty(**linked, lo, hi);
   co_return result<>{};

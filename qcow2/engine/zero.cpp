@@ -47,8 +47,7 @@ task<> Image::write_zeroes(std::uint64_t offset, std::uint64_t length, bool may_
     if (auto r = co_await write_zero_data(a, b - a); !r) co_return r;
   }
   for (std::uint64_t pos = mid_start; pos < mid_end;) {
-    const std::uint64_t piece_end =
-        std::min(mid_end, (pos / g_.l2_coverage() + 1) * g_.l2_coverage());
+    const std::uint64_t piece_end = g_.l2_piece_end(pos, mid_end);
     if (auto r = co_await zero_piece(pos, piece_end - pos, may_trim); !r) co_return r;
     pos = piece_end;
   }
@@ -116,12 +115,7 @@ task<> Image::zero_piece(std::uint64_t offset, std::uint64_t length, bool unmap)
         zeroed_entry(g_, e, a, b, unmap, backing_ != nullptr, header_.version >= 3, free_old);
     if (free_old && !(checked = co_await guard_.unlink_data(e, cstart))) break;
     store_l2(g_, (*table)->data.data(), idx, n);
-    if (free_old && l2_compressed(e)) {
-      const CompressedDescriptor d = decode_compressed(g_, e);
-      refcounts_.defer_free_bytes(d.host_offset & ~511ull, d.sectors * 512);
-    } else if (free_old) {
-      refcounts_.defer_free_cluster(l2_host_offset(e));
-    }
+    if (free_old) refcounts_.defer_free_data_of(e);
   }
   // Entries changed before a refused one are kept (their frees are deferred).
   if (c > c0) mark_l2_dirty(**table, c0, c - 1);
@@ -144,7 +138,7 @@ task<> Image::trim(std::uint64_t offset, std::uint64_t length, bool fua) {
   const std::uint64_t start = g_.round_up_cluster(offset);
   const std::uint64_t stop = end == size() ? g_.round_up_cluster(end) : g_.cluster_start(end);
   for (std::uint64_t pos = start; pos < stop;) {
-    const std::uint64_t piece_end = std::min(stop, (pos / g_.l2_coverage() + 1) * g_.l2_coverage());
+    const std::uint64_t piece_end = g_.l2_piece_end(pos, stop);
     if (auto r = co_await discard_piece(pos, piece_end - pos); !r) co_return r;
     pos = piece_end;
   }
@@ -173,12 +167,7 @@ task<> Image::discard_piece(std::uint64_t offset, std::uint64_t length) {
     if ((l2_compressed(e) || l2_host_offset(e)) &&
         !(checked = co_await guard_.unlink_data(e, c << g_.cluster_bits())))
       break;
-    if (l2_compressed(e)) {
-      const CompressedDescriptor d = decode_compressed(g_, e);
-      refcounts_.defer_free_bytes(d.host_offset & ~511ull, d.sectors * 512);
-    } else if (l2_host_offset(e)) {
-      refcounts_.defer_free_cluster(l2_host_offset(e));
-    }
+    refcounts_.defer_free_data_of(e);
     store_l2(g_, (*table)->data.data(), idx, empty);
   }
   if (c > c0) mark_l2_dirty(**table, c0, c - 1);

@@ -3,6 +3,7 @@
 // a validated header (cluster_bits 9..21, refcount_order 0..6).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace qnbd::qcow2::format {
@@ -28,6 +29,11 @@ class Geometry {
   std::uint64_t l2_entries() const { return 1ull << l2_bits(); }
   // Guest bytes one L2 table maps.
   std::uint64_t l2_coverage() const { return 1ull << (l2_bits() + cluster_bits_); }
+  // Where the piece of [pos, end) that pos's L2 table maps ends: requests are
+  // split there, since each table is loaded, locked and updated on its own.
+  std::uint64_t l2_piece_end(std::uint64_t pos, std::uint64_t end) const {
+    return std::min(end, (pos / l2_coverage() + 1) * l2_coverage());
+  }
 
   // Subclusters: 32 per cluster with extended L2, else the cluster itself.
   unsigned subclusters_per_cluster() const { return extended_l2_ ? 32 : 1; }
