@@ -218,7 +218,7 @@ task<DefragCycle> Defragmenter::cycle(std::size_t max_steps) {
   {
     auto lock = co_await img_.meta_.lock();
     if (!r) {
-      (void)co_await give_back(moves);
+      img_.rollback_failed(co_await give_back(moves), "giving back the clusters of failed moves");
       co_return r.error();
     }
     QNBD_CO_TRY(co_await link(moves));

@@ -224,6 +224,14 @@ task<> Image::grow_file_ahead(std::uint64_t used_end) {
   co_return result<>{};
 }
 
+void Image::rollback_failed(const result<>& r, const char* what) const {
+  if (!r)
+    spdlog::warn(
+        "{}: {} after a failed operation failed too ({}): the clusters leak until "
+        "`qnbd-img check -r leaks`",
+        name_, what, r.error().message());
+}
+
 // Undoes grow_file_ahead at close: never below the size at open or the end
 // of any cluster ever used.
 result<> Image::trim_file_tail() {

@@ -174,6 +174,10 @@ class Image {
   }
   // Whether a cluster with entry `e` at `guest` reads as zeros throughout.
   bool reads_as_zero(const format::L2Entry& e, std::uint64_t guest) const;
+  // A rollback (giving back clusters allocated for an operation that failed)
+  // failed too: those clusters leak until a repair. Logged here; the caller
+  // returns the operation's own error.
+  void rollback_failed(const result<>& r, const char* what) const;
 
   // ---- the fast path (fast_path.cpp)
   // A fast I/O in flight: counted as an active operation, holding its claim.

@@ -118,7 +118,8 @@ task<std::shared_ptr<Table>> Image::writable_l2(std::uint64_t guest) {
     auto src = co_await l2_table_for(guest);
     if (!src) {
       l2_cache_.drop(fresh);
-      (void)co_await refcounts_.update(g_.cluster_index(fresh), -1);
+      rollback_failed(co_await refcounts_.update(g_.cluster_index(fresh), -1),
+                      "giving back a new L2 table's cluster");
       co_return src.error();
     }
     t->data = (*src)->data;
@@ -163,9 +164,11 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   // Phase 3, under the lock: link the L2 entries (or give the clusters back).
   auto relock = co_await meta_.lock();
   if (!r) {
+    result<> back;
     for (const HostRun& h : *runs)
-      for (std::uint64_t k = 0; k < h.clusters; ++k)
-        (void)co_await refcounts_.update(g_.cluster_index(h.offset) + k, -1);
+      for (std::uint64_t k = 0; back && k < h.clusters; ++k)
+        back = co_await refcounts_.update(g_.cluster_index(h.offset) + k, -1);
+    rollback_failed(back, "giving back the clusters of a failed write");
     co_return r;
   }
   auto linked = co_await l2_table_for(offset);
