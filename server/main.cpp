@@ -152,11 +152,6 @@ int serve(config::Config cfg, int argc, char** argv) {
     metrics->start();
     spdlog::info("metrics at {}", metrics->url());
   }
-  if (cfg.pid_file) server::daemon::write_pid_file(*cfg.pid_file);
-  const auto where = fmt::format("{}", fmt::join(srv.listeners().descriptions, ", "));
-  spdlog::info("qnbd {} serving {} export(s) on {}", QNBD_VERSION, cfg.exports.size(), where);
-  server::daemon::ready("serving on " + where);
-
   Reloader reloader(ctx, argc, argv, cfg, live, srv);
   reloader.arm();
   boost::asio::signal_set signals(ctx, SIGINT, SIGTERM);
@@ -167,6 +162,12 @@ int serve(config::Config cfg, int argc, char** argv) {
     if (metrics) metrics->stop();
     boost::asio::co_spawn(ctx, stop(srv, live), [&](std::exception_ptr) { ctx.stop(); });
   });
+  // Ready (and --fork's parent released) only now: a SIGHUP or SIGTERM sent
+  // as soon as the service is up must find its handler, not kill the server.
+  if (cfg.pid_file) server::daemon::write_pid_file(*cfg.pid_file);
+  const auto where = fmt::format("{}", fmt::join(srv.listeners().descriptions, ", "));
+  spdlog::info("qnbd {} serving {} export(s) on {}", QNBD_VERSION, cfg.exports.size(), where);
+  server::daemon::ready("serving on " + where);
   ctx.run();
   workers.stop();
   if (cfg.pid_file) std::remove(cfg.pid_file->c_str());
