@@ -96,6 +96,7 @@ task<> ClusterGuard::first_use(const Table& t, std::uint64_t guest_base) {
         co_return corrupt_(fmt::format(
             "host cluster {:#x} ({}) had refcount 0 and was given out to other data", c, what()));
       QNBD_CO_TRY(co_await referenced_data(c, what));
+      refcounts_.note_used(g_.cluster_index(c));
     }
   }
   checked_tables_.insert(t.offset);

@@ -20,6 +20,7 @@
 #include "qcow2/format/entries.h"
 #include "qcow2/format/geometry.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -81,6 +82,10 @@ class Refcounts {
   std::uint64_t reftable_offset() const { return reftable_offset_; }
   // One past the highest cluster that is or ever was in use (bytes).
   std::uint64_t used_end() const { return high_water_ << g_.cluster_bits(); }
+  // A cluster a table references counts as used even past the end of the
+  // file at open (a damaged image whose refcounts agree), so that neither
+  // trimming the file at close nor zeroing ahead reaches data written there.
+  void note_used(std::uint64_t cluster) { high_water_ = std::max(high_water_, cluster + 1); }
 
  private:
   struct Range {
