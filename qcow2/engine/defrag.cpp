@@ -245,11 +245,7 @@ task<std::uint64_t> Defragmenter::compact() {
   // The refcounts of what lies past `end` (all 0) are durable before the
   // file loses it, so no refcount ever points past the end of the file.
   QNBD_CO_TRY(co_await img_.refcounts_.write_back());
-  QNBD_CO_TRY(img_.file_->truncate(end));
-  QNBD_CO_TRY(co_await img_.file_->sync());
-  img_.file_size_ = img_.durable_size_ = end;
-  img_.open_size_ = std::min(img_.open_size_, end);
-  img_.zeroed_end_ = std::min(img_.zeroed_end_, end);
+  QNBD_CO_TRY(co_await img_.growth_.shrink(end));
   spdlog::debug("{}: compacted from {} to {} bytes", img_.name_, *size, end);
   co_return end;
 }

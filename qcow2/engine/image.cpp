@@ -12,8 +12,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
-#include <new>
 #include <utility>
 
 namespace qnbd::qcow2 {
@@ -26,6 +24,7 @@ Image::Image(std::unique_ptr<io::File> file, Header header, std::vector<std::uin
     : file_(std::move(file)),
       header_(std::move(header)),
       g_(header_.geometry()),
+      growth_(*file_, cfg.name, header_.size, g_.cluster_size()),
       l1_(std::move(l1)),
       backing_(std::move(backing)),
       backing_size_(backing_ ? backing_->size() : 0),
@@ -44,8 +43,6 @@ Image::Image(std::unique_ptr<io::File> file, Header header, std::vector<std::uin
   for (std::uint64_t e : l1_)
     if (l1_l2_offset(e)) metadata_.add(l1_l2_offset(e), g_.cluster_size());
   for (auto [off, bytes] : cfg.other_metadata) metadata_.add(off, bytes);
-  const auto fsize = file_->size();
-  open_size_ = file_size_ = fsize ? *fsize : 0;
 }
 
 result<> Image::check_writable() const {
@@ -71,17 +68,16 @@ task<> Image::mark_modified() {
   if (lazy_) {
     // Durable before the first refcount update we defer; the sync also
     // makes the current file size durable (blank clusters rely on it).
-    if (auto s = file_->size(); s) file_size_ = std::max(file_size_, *s);
+    growth_.refresh();
     if (!(header_.incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
       if (auto r =
               co_await write_incompatible(header_.incompatible_features | QCOW2_INCOMPAT_DIRTY);
           !r)
         co_return r;
       spdlog::info("{}: dirty-bit mode (lazy refcounts)", name_);
-    } else if (auto r = co_await file_->sync(); !r) {
+    } else if (auto r = co_await sync_file(); !r) {
       co_return r;
     }
-    durable_size_ = file_size_;
   }
   modified_ = true;
   if (writeback_interval_ > 0) {
@@ -146,83 +142,13 @@ task<> Image::write_incompatible(std::uint64_t bits) {
   std::byte b[8];
   store_be64(b, bits);
   if (auto r = co_await file_->write_at(HDR_INCOMPATIBLE_FEATURES, b); !r) co_return r;
-  if (auto r = co_await file_->sync(); !r) co_return r;
+  if (auto r = co_await sync_file(); !r) co_return r;
   header_.incompatible_features = bits;
   co_return result<>{};
 }
 
-// Every size the file had before a sync is durable after it.
-task<> Image::sync_file() {
-  const std::uint64_t size = file_size_;
-  auto r = active_ops_ <= 1 ? co_await file_->sync_blocking() : co_await file_->sync();
-  if (!r) co_return r;
-  durable_size_ = std::max(durable_size_, size);
-  co_return result<>{};
-}
-
-namespace {
-
-// An aligned block of zeros, for O_DIRECT writes of zeros too.
-std::span<const std::byte> zero_block() {
-  static constexpr std::size_t kSize = 64 * 1024;
-  static const std::byte* zeros = [] {
-    auto* p = static_cast<std::byte*>(::operator new(kSize, std::align_val_t(4096)));
-    std::memset(p, 0, kSize);
-    return p;
-  }();
-  return {zeros, kSize};
-}
-
-}  // namespace
-
-// Called under the metadata lock after an allocation. Zeros go only beyond
-// every cluster ever used, so they never meet data; and they are written
-// before the lock is released, so no later allocation gets there first.
-// Failures cost only speed.
-task<> Image::prepare_ahead() {
-  const std::uint64_t used = refcounts_.used_end();
-  (void)co_await grow_file_ahead(used);
-  const std::uint64_t ahead = std::max<std::uint64_t>(1 << 20, 8 * g_.cluster_size());
-  if (!flush_heavy_ || used + ahead / 2 <= zeroed_end_) co_return result<>{};
-  const std::uint64_t from = std::max(zeroed_end_, used);
-  const std::uint64_t to = used + ahead;
-  const auto z = zero_block();
-  std::vector<iovec> iov;
-  for (std::uint64_t p = from; p < to; p += z.size())
-    iov.push_back({const_cast<std::byte*>(z.data()), std::min<std::uint64_t>(z.size(), to - p)});
-  if (auto r = co_await file_->writev_at(from, iov); !r) {
-    spdlog::debug("{}: cannot write zeros ahead: {}", name_, r.error().message());
-    co_return result<>{};
-  }
-  zeroed_end_ = to;
-  file_size_ = std::max(file_size_, to);
-  co_return result<>{};
-}
-
-// Grows the file well ahead of the clusters in use: new clusters then lie
-// inside a durable file size by the time they are linked (dirty-bit mode),
-// and writes land in blocks the filesystem already reserved (measured: 19%
-// less kernel CPU per copy-on-write). A sparse size is the fallback; a
-// failure only costs speed.
-task<> Image::grow_file_ahead(std::uint64_t used_end) {
-  const std::uint64_t chunk =
-      std::max(g_.cluster_size(), std::clamp<std::uint64_t>(size() / 8, 1 << 20, 64 << 20) /
-                                      g_.cluster_size() * g_.cluster_size());
-  if (used_end + chunk / 2 <= file_size_) co_return result<>{};
-  const auto now = file_->size();
-  if (!now) co_return result<>{};
-  file_size_ = std::max(file_size_, *now);
-  const std::uint64_t want = (used_end + chunk) / g_.cluster_size() * g_.cluster_size();
-  if (file_size_ >= want) co_return result<>{};
-  auto r = co_await file_->allocate(file_size_, want - file_size_);
-  if (!r) r = file_->truncate(want);
-  if (!r) {
-    spdlog::debug("{}: cannot grow the file ahead: {}", name_, r.error().message());
-    co_return result<>{};
-  }
-  file_size_ = want;
-  co_return result<>{};
-}
+// A flush that is alone syncs on the event-loop thread (see ActiveOp).
+task<> Image::sync_file() { return growth_.sync(active_ops_ <= 1); }
 
 void Image::rollback_failed(const result<>& r, const char* what) const {
   if (!r)
@@ -230,15 +156,6 @@ void Image::rollback_failed(const result<>& r, const char* what) const {
         "{}: {} after a failed operation failed too ({}): the clusters leak until "
         "`qnbd-img check -r leaks`",
         name_, what, r.error().message());
-}
-
-// Undoes grow_file_ahead at close: never below the size at open or the end
-// of any cluster ever used.
-result<> Image::trim_file_tail() {
-  const std::uint64_t keep = std::max(open_size_, refcounts_.used_end());
-  const auto now = file_->size();
-  if (!now || *now <= keep) return {};
-  return file_->truncate(keep);
 }
 
 task<> Image::flush_metadata() {
@@ -296,8 +213,7 @@ task<> Image::flush_metadata() {
     if (auto r = co_await refcounts_.apply_deferred(); !r) co_return r;
   if (!synced)
     if (auto r = co_await sync_file(); !r) co_return r;
-  if (allocated_in_cycle_) flush_heavy_ = allocated_in_cycle_ <= 16;
-  allocated_in_cycle_ = 0;
+  growth_.flushed();
   co_return result<>{};
 }
 
@@ -312,7 +228,7 @@ task<> Image::close() {
   // dirty-bit mode: all deferred refcounts), then the image is clean.
   if (refcounts_.dirty())
     if (auto r = co_await refcounts_.write_back(); !r) co_return r;
-  if (auto r = trim_file_tail(); !r)
+  if (auto r = growth_.trim_tail(refcounts_.used_end()); !r)
     spdlog::warn("{}: cannot trim the space grown ahead: {}", name_, r.error().message());
   if (lazy_ && (header_.incompatible_features & QCOW2_INCOMPAT_DIRTY) && !corrupt_)
     if (auto r = co_await write_incompatible(header_.incompatible_features & ~QCOW2_INCOMPAT_DIRTY);

@@ -13,16 +13,10 @@
 // skipped when every L2 entry linked since the last flush points at a blank
 // cluster (see CowPlan) inside the durable file size: such a cluster reads
 // as zeros, its old contents, until its data lands, so the L2 entry may
-// reach the disk first and one sync per FLUSH suffices. To keep new
-// clusters inside the durable size, the file is grown ahead of allocation
-// in chunks (fallocated, as QEMU's preallocate filter does) and trimmed at
-// close.
-//
-// Flush-heavy clients (few new clusters per FLUSH), in either mode: the
-// space just ahead of the clusters in use is filled with written zeros, so
-// that new data overwrites allocated blocks and the filesystem's sync need
-// not commit block allocations every time. Those clusters still read as
-// zeros, so they stay blank.
+// reach the disk first and one sync per FLUSH suffices. io::FileGrowth
+// grows the file ahead of allocation to keep new clusters inside the
+// durable size (and writes zeros ahead for flush-heavy clients; those
+// clusters still read as zeros, so they stay blank).
 //
 // Crash ordering (DESIGN rules 1-2), enforced by flush_metadata():
 //   1. data written and refcount blocks (then refcount table, header) durable
@@ -34,6 +28,7 @@
 
 #include "backend/block_backend.h"
 #include "io/file.h"
+#include "io/file_growth.h"
 #include "qcow2/engine/bitmaps.h"
 #include "qcow2/engine/cluster_guard.h"
 #include "qcow2/engine/coro_sync.h"
@@ -215,9 +210,6 @@ class Image {
   // ---- metadata write-back (image.cpp)
   task<> flush_metadata();
   task<> sync_file();
-  task<> prepare_ahead();
-  task<> grow_file_ahead(std::uint64_t used_end);
-  result<> trim_file_tail();
   task<> mark_modified();
   // ---- persistent bitmaps on disk (bitmap_store.cpp)
   task<> write_autoclear(std::uint64_t bits);
@@ -232,6 +224,7 @@ class Image {
   std::unique_ptr<io::File> file_;
   format::Header header_;
   format::Geometry g_;
+  io::FileGrowth growth_;
   std::vector<std::uint64_t> l1_;
   std::set<std::uint64_t> l1_dirty_;
   std::unique_ptr<BlockBackend> backing_;
@@ -249,21 +242,13 @@ class Image {
   bool modified_ = false;
   bool corrupt_on_disk_ = false;
   bool lazy_;
-  // Dirty-bit mode: file sizes known to us (bytes), the one the last sync
-  // made durable, the one at open; and whether an L2 entry linked since the
-  // last flush needs its data durable first.
-  std::uint64_t file_size_ = 0;
-  std::uint64_t durable_size_ = 0;
-  std::uint64_t open_size_ = 0;
+  // Dirty-bit mode: whether an L2 entry linked since the last flush needs
+  // its data durable first.
   bool needs_barrier_ = false;
   unsigned active_ops_ = 0;
   std::uint64_t ops_started_ = 0;  // client operations ever (the defragmenter yields to them)
   ReadEpochs read_epochs_;
   std::uint64_t metadata_flushes_ = 0;  // flush_metadata() runs (metrics)
-  // Flush-heavy detection and the end of the zeros written ahead (bytes).
-  std::uint64_t allocated_in_cycle_ = 0;
-  bool flush_heavy_ = false;
-  std::uint64_t zeroed_end_ = 0;
   task<> write_incompatible(std::uint64_t bits);
   // Group commit: a flush requested while another waits for the lock is
   // covered by any flush sequence that starts after it was requested.

@@ -151,8 +151,7 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   plan.assign_hosts(*runs);
   plan.skip_blank_fill(
       [this](const ClusterPlan& p) { return reads_as_zero(p.old_entry, p.guest); });
-  allocated_in_cycle_ += plan.new_clusters();
-  if (auto r = co_await prepare_ahead(); !r) co_return r;
+  QNBD_CO_TRY(co_await growth_.prepare_ahead(refcounts_.used_end(), plan.new_clusters()));
   guard.unlock();
 
   // Phase 2, no lock: one read of what the filled parts read as now, one
@@ -177,7 +176,7 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   std::uint64_t lo = UINT64_MAX, hi = 0;  // guest clusters whose entries changed
   for (const ClusterPlan& p : plan.clusters()) {
     if (!p.changes_metadata) continue;
-    if (!p.blank || p.host + g_.cluster_size() > durable_size_) needs_barrier_ = true;
+    if (!p.blank || !growth_.durable(p.host + g_.cluster_size())) needs_barrier_ = true;
     const std::uint64_t idx = g_.l2_index(p.guest);
     store_l2(g_, (*linked)->data.data(), idx, p.new_entry);
     lo = std::min(lo, g_.cluster_index(p.guest));
