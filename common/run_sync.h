@@ -13,12 +13,6 @@
 
 namespace qnbd {
 
-// Runs `aw` on `ctx` handler by handler until it finishes, not until the loop
-// runs dry: an io_uring eventfd watch or an engine timer (idle metadata
-// write-back) would keep run() going for ever. Rethrows the coroutine's
-// exception. Returns nullopt when the loop ran out of work while the
-// coroutine was still suspended (it could never finish): a bug the caller
-// reports in its own way.
 namespace detail {
 template <class T>
 boost::asio::awaitable<void> store_into(std::optional<T>& out, boost::asio::awaitable<T> aw) {

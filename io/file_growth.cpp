@@ -99,7 +99,10 @@ result<> FileGrowth::trim_tail(std::uint64_t used_end) {
   const std::uint64_t keep = std::max(open_size_, used_end);
   const auto now = file_.size();
   if (!now || *now <= keep) return {};
-  return file_.truncate(keep);
+  if (auto r = file_.truncate(keep); !r) return r;
+  size_ = keep;
+  zeroed_end_ = std::min(zeroed_end_, keep);
+  return {};
 }
 
 task<> FileGrowth::shrink(std::uint64_t end) {
