@@ -1,7 +1,10 @@
 #include "tools/image_chain.h"
 
+#include "backend/raw_backend.h"
 #include "qcow2/format/entries.h"
-#include "qcow2/meta/backing.h"
+#include "qcow2/meta/image_meta.h"
+#include "qcow2/open.h"
+#include "qcow2/qcow2_backend.h"
 
 #include <fmt/format.h>
 
@@ -15,158 +18,127 @@ using namespace qcow2::format;
 
 namespace {
 
-// qemu's qcow2_detect_metadata_preallocation: more clusters have a refcount
-// than the file really occupies.
-bool detect_metadata_prealloc(const std::string& path, const qcow2::meta::ImageMeta& m,
-                              std::uint64_t used_clusters) {
+// qemu's qcow2_detect_metadata_preallocation: more clusters below the end
+// of the file have a refcount than the file really occupies.
+bool metadata_prealloc(qcow2::SyncRunner& run, const std::string& path, io::File& file) {
+  qcow2::meta::ImageMeta m;
+  try {
+    m = run.run(qcow2::meta::load_image_meta(file, qcow2::meta::LoadPurpose::inspect));
+  } catch (const std::exception& e) {
+    throw Fatal(fmt::format("Could not open '{}': {}", path, e.what()));
+  }
+  const Geometry& g = m.geo;
+  const std::uint64_t end_cluster = (m.file_size + g.cluster_size() - 1) / g.cluster_size();
+  std::uint64_t used = 0;
+  for (std::uint64_t i = 0; i < m.reftable.size(); ++i) {
+    const std::uint64_t off = reftable_block_offset(m.reftable[i]);
+    const std::uint64_t first = i * g.refblock_entries();
+    if (!off || !g.cluster_aligned(off) || first >= end_cluster) continue;
+    std::vector<std::byte> b(g.cluster_size());
+    if (!run.run(file.read_at(off, b))) continue;
+    for (std::uint64_t j = 0; j < g.refblock_entries() && first + j < end_cluster; ++j)
+      used += get_refcount(b.data(), g.refcount_order(), j) != 0;
+  }
   struct stat st {};
   if (::stat(path.c_str(), &st) < 0) return false;
-  const std::uint64_t real = static_cast<std::uint64_t>(st.st_blocks) * 512 / m.cluster_size();
-  const std::uint64_t threshold = std::max(real * 10 / 9, real + 2);
-  return used_clusters >= threshold;
+  const std::uint64_t real = static_cast<std::uint64_t>(st.st_blocks) * 512 / g.cluster_size();
+  return used >= std::max(real * 10 / 9, real + 2);
 }
 
 }  // namespace
 
 ImageChain::ImageChain(qcow2::SyncRunner& run, const std::string& path) : run_(run) {
-  qcow2::meta::BackingChain chain;
-  std::string next = path, format;
-  for (;;) {
-    try {
-      chain.add(next);
-    } catch (const std::exception& e) {
-      throw Fatal(e.what());
+  std::vector<std::string> paths;  // top first, as the open path names them
+  if (is_qcow2(path)) {
+    qcow2::OpenOptions o;
+    o.read_only = true;
+    o.before_use = [&](const std::string& p, bool, bool) { paths.push_back(p); };
+    top_ = run_.run(qcow2::open_image(run_.ring(), path, o));
+  } else {  // qemu-img probes the format: a file without the magic is raw
+    top_ = std::make_unique<RawBackend>(open_file(run_, path, false));
+    paths.push_back(path);
+  }
+  BlockBackend* b = top_.get();
+  for (const std::string& p : paths) {
+    Layer l;
+    l.path = p;
+    l.backend = b;
+    l.size = b->size();
+    b = nullptr;
+    if (auto* q = dynamic_cast<qcow2::Qcow2Backend*>(l.backend)) {
+      l.image = &q->image();
+      b = l.image->backing();
+      auto f = open_file(run_, p, false);
+      if (metadata_prealloc(run_, p, *f)) l.file = std::move(f);
     }
-    open_layer(next, format);
-    if (!layers_.back().qcow2 || layers_.back().meta.header.backing_file.empty()) break;
-    const auto& h = layers_.back().meta.header;
-    try {
-      next = qcow2::meta::backing_path(next, h.backing_file);
-    } catch (const std::exception& e) {
-      throw Fatal(fmt::format("Could not open backing file of '{}': {}", next, e.what()));
-    }
-    format = h.backing_format;
+    layers_.push_back(std::move(l));
   }
 }
 
-void ImageChain::open_layer(const std::string& path, const std::string& format) {
-  Layer l;
-  l.path = path;
-  l.file = open_file(run_, path, false);
-  auto fs = l.file->size();
-  if (!fs) throw Fatal(fmt::format("Could not open '{}': {}", path, fs.error().message()));
-  l.file_size = *fs;
-  l.qcow2 = format.empty() ? is_qcow2(path) : format == "qcow2";
-  if (!format.empty() && format != "qcow2" && format != "raw")
-    throw Fatal(fmt::format("Could not open '{}': Unknown driver '{}'", path, format));
-  if (l.qcow2) {
-    try {
-      l.meta = run_.run(qcow2::meta::load_image_meta(*l.file, qcow2::meta::LoadPurpose::inspect));
-    } catch (const std::exception& e) {
-      throw Fatal(fmt::format("Could not open '{}': {}", path, e.what()));
-    }
-    l.size = l.meta.header.size;
-    // Clusters below the end of the file that have a refcount.
-    std::uint64_t used = 0;
-    const auto& g = l.meta.geo;
-    const std::uint64_t end_cluster = (l.file_size + g.cluster_size() - 1) / g.cluster_size();
-    for (std::uint64_t i = 0; i < l.meta.reftable.size(); ++i) {
-      const std::uint64_t off = reftable_block_offset(l.meta.reftable[i]);
-      const std::uint64_t first = i * g.refblock_entries();
-      if (!off || !g.cluster_aligned(off) || first >= end_cluster) continue;
-      std::vector<std::byte> b(g.cluster_size());
-      if (!run_.run(l.file->read_at(off, b))) continue;
-      for (std::uint64_t j = 0; j < g.refblock_entries() && first + j < end_cluster; ++j)
-        used += get_refcount(b.data(), g.refcount_order(), j) != 0;
-    }
-    l.metadata_prealloc = detect_metadata_prealloc(path, l.meta, used);
-  } else {
-    l.size = l.file_size;
-  }
-  layers_.push_back(std::move(l));
+void ImageChain::close() {
+  if (auto r = run_.run(top_->close()); !r)
+    throw Fatal(fmt::format("{}: {}", layers_.front().path, r.error().message()));
 }
 
 BlockStatus ImageChain::status(std::size_t i, std::uint64_t offset, std::uint64_t max) {
   Layer& l = layers_[i];
   max = std::min(max, l.size - offset);
-  return l.qcow2 ? qcow2_status(l, offset, max) : raw_status(l, offset, max);
+  return l.image ? qcow2_status(l, offset, max) : raw_status(l, offset, max);
 }
 
 BlockStatus ImageChain::raw_status(Layer& l, std::uint64_t offset, std::uint64_t max) {
+  auto extents = run_.run(l.backend->block_status(offset, max));
+  if (!extents) throw Fatal(fmt::format("{}: {}", l.path, extents.error().message()));
+  const Extent& e = extents->front();
   BlockStatus st;
+  st.length = std::min(max, e.length);
   st.allocated = st.offset_valid = true;
   st.offset = offset;
-  auto data = l.file->seek_data(offset);
-  if (data && *data == offset) {
-    auto hole = l.file->seek_hole(offset);
-    st.data = true;
-    st.length = std::min(max, hole ? *hole - offset : max);
-  } else {
-    st.zero = true;
-    st.length = data ? std::min(max, *data - offset) : max;
-  }
+  st.data = !e.hole;
+  st.zero = e.zero;
   return st;
 }
 
-const std::byte* ImageChain::l2_table(Layer& l, std::uint64_t l2_offset) {
-  auto it = l.l2_cache.find(l2_offset);
-  if (it != l.l2_cache.end()) return it->second.data();
-  if (l.l2_cache.size() > 4096) l.l2_cache.clear();
-  std::vector<std::byte> t(l.meta.cluster_size());
-  if (auto r = run_.run(l.file->read_at(l2_offset, t)); !r)
-    throw Fatal(fmt::format("{}: could not read L2 table: {}", l.path, r.error().message()));
-  return l.l2_cache.emplace(l2_offset, std::move(t)).first->second.data();
+// The run of the engine's mapping that holds `offset`; a new window of
+// Image::status_window bytes is mapped when the last one does not.
+const qcow2::MapRun& ImageChain::run_at(Layer& l, std::uint64_t offset) {
+  const bool inside = !l.runs.empty() && l.runs.front().guest <= offset &&
+                      offset < l.runs.back().guest + l.runs.back().length;
+  if (!inside) {
+    const std::uint64_t n = l.image->status_window(offset, l.size - offset);
+    auto runs = run_.run(l.image->map_range(offset, n));
+    if (!runs)
+      throw Fatal(fmt::format("{}: cannot map guest offset {}: {}", l.path, offset,
+                              runs.error().message()));
+    l.runs = std::move(*runs);
+  }
+  auto after =
+      std::upper_bound(l.runs.begin(), l.runs.end(), offset,
+                       [](std::uint64_t o, const qcow2::MapRun& r) { return o < r.guest; });
+  return *std::prev(after);
 }
 
-// qemu's qcow2_co_block_status for one run of same-type subclusters.
+// As qemu's qcow2_co_block_status: data and compressed clusters are data,
+// zero clusters zeros, both allocated here; a host offset wherever the
+// entry keeps a host cluster, compressed ones excepted.
 BlockStatus ImageChain::qcow2_status(Layer& l, std::uint64_t offset, std::uint64_t max) {
-  const Geometry& g = l.meta.geo;
-  const std::uint64_t l1i = g.l1_index(offset);
-  const std::uint64_t table_end = (l1i + 1) * g.l2_coverage();
+  const qcow2::MapRun& r = run_at(l, offset);
   BlockStatus st;
-  const std::uint64_t l2_off = l1i < l.meta.l1.size() ? l1_l2_offset(l.meta.l1[l1i]) : 0;
-  if (!l2_off) {
-    st.length = std::min(max, table_end - offset);
-    return st;
-  }
-  const std::byte* table = l2_table(l, l2_off);
-  auto classify = [&](std::uint64_t off, BlockStatus& s) {
-    const L2Entry e = load_l2(g, table, g.l2_index(off));
-    const SubclusterType t = subcluster_type(g, e, g.subcluster_index(off));
-    s = {};
-    if (t == SubclusterType::Invalid) throw Fatal(fmt::format("{}: invalid L2 entry", l.path));
-    if (t == SubclusterType::Normal || t == SubclusterType::ZeroAlloc ||
-        t == SubclusterType::UnallocatedAlloc) {
-      s.offset_valid = true;
-      s.offset = l2_host_offset(e) + (off & (g.cluster_size() - 1));
-    }
-    if (t == SubclusterType::ZeroPlain || t == SubclusterType::ZeroAlloc)
-      s.zero = true;
-    else if (t == SubclusterType::Normal || t == SubclusterType::Compressed)
-      s.data = true;
-    s.allocated = s.data || s.zero;
-    return t;
-  };
-  const SubclusterType first = classify(offset, st);
-  const std::uint64_t sc = g.subcluster_size();
-  std::uint64_t len = std::min(max, ((offset / sc) + 1) * sc - offset);
-  // Extend over following subclusters of the same kind (and, for host data,
-  // contiguous host offsets) in the same L2 table.
-  while (first != SubclusterType::Compressed && len < max && offset + len < table_end) {
-    BlockStatus next;
-    if (classify(offset + len, next) != first) break;
-    if (st.offset_valid && next.offset != st.offset + len) break;
-    len = std::min(max, len + sc);
-  }
-  st.length = len;
-  if (l.metadata_prealloc && st.data && st.offset_valid) recurse_into_file(l, st);
+  st.length = std::min(max, r.guest + r.length - offset);
+  st.data = r.kind == qcow2::MapKind::Data || r.kind == qcow2::MapKind::Compressed;
+  st.zero = r.kind == qcow2::MapKind::Zero && !r.unallocated;
+  st.allocated = st.data || st.zero;
+  st.offset_valid = r.host != 0;
+  if (st.offset_valid) st.offset = r.host + (offset - r.guest);
+  if (l.file && r.kind == qcow2::MapKind::Data) recurse_into_file(l, st);
   return st;
 }
 
 // With metadata preallocation qemu asks the file whether the host range is
 // a hole: holes read as zeros.
 void ImageChain::recurse_into_file(Layer& l, BlockStatus& st) {
-  if (st.offset >= l.file_size) {
+  auto size = l.file->size();
+  if (size && st.offset >= *size) {
     st.zero = true;
     return;
   }

@@ -1,14 +1,14 @@
 // A read-only view of an image and its backing chain for `qnbd-img map`:
-// per-range allocation status with the flags qemu's block layer reports
-// (data, zero, allocated, host offset), layer by layer. Backing names are
-// followed only as plain paths relative to the image, never as json: or
-// protocol strings.
+// opened as the server opens it (qcow2/open.h, so the one backing-name rule
+// of qcow2/meta/backing.h applies) and mapped by the engine
+// (Image::map_range); per range, the flags qemu's block layer reports
+// (data, zero, allocated, host offset), layer by layer.
 #pragma once
 
-#include "qcow2/meta/image_meta.h"
+#include "backend/block_backend.h"
+#include "qcow2/engine/image.h"
 #include "tools/qnbd_img_common.h"
 
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,33 +26,33 @@ struct BlockStatus {
 
 struct Layer {
   std::string path;
-  bool qcow2 = false;
-  std::unique_ptr<io::UringFile> file;
-  qcow2::meta::ImageMeta meta;
   std::uint64_t size = 0;  // virtual size
-  std::uint64_t file_size = 0;
-  bool metadata_prealloc = false;
-  std::map<std::uint64_t, std::vector<std::byte>> l2_cache;
+  BlockBackend* backend = nullptr;
+  qcow2::Image* image = nullptr;  // null: a raw file
+  // Set for a qcow2 file with metadata preallocation: qemu asks it for holes.
+  std::unique_ptr<io::UringFile> file;
+  std::vector<qcow2::MapRun> runs;  // the window the engine mapped last
 };
 
 class ImageChain {
  public:
-  // Opens `path` and every backing file below it (qcow2/meta/backing.h).
+  // Opens `path` and every backing file below it, read-only.
   ImageChain(qcow2::SyncRunner& run, const std::string& path);
   std::uint64_t size() const { return layers_.front().size; }
   std::size_t depth() const { return layers_.size(); }
   const Layer& layer(std::size_t i) const { return layers_[i]; }
   // Status of layer i at `offset`, at most `max` bytes.
   BlockStatus status(std::size_t i, std::uint64_t offset, std::uint64_t max);
+  void close();
 
  private:
-  void open_layer(const std::string& path, const std::string& format);
   BlockStatus qcow2_status(Layer& l, std::uint64_t offset, std::uint64_t max);
   BlockStatus raw_status(Layer& l, std::uint64_t offset, std::uint64_t max);
+  const qcow2::MapRun& run_at(Layer& l, std::uint64_t offset);
   void recurse_into_file(Layer& l, BlockStatus& st);
-  const std::byte* l2_table(Layer& l, std::uint64_t l2_offset);
 
   qcow2::SyncRunner& run_;
+  std::unique_ptr<BlockBackend> top_;
   std::vector<Layer> layers_;
 };
 

@@ -3,6 +3,7 @@
 #include "qcow2/meta/backing.h"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cmath>
@@ -101,6 +102,9 @@ std::unique_ptr<io::UringFile> open_file(qcow2::SyncRunner& run, const std::stri
   if (!f) throw Fatal(fmt::format("Could not open '{}': {}", path, f.error().message()));
   return std::move(*f);
 }
+
+QuietLog::QuietLog() : level_(spdlog::get_level()) { spdlog::set_level(spdlog::level::off); }
+QuietLog::~QuietLog() { spdlog::set_level(static_cast<spdlog::level::level_enum>(level_)); }
 
 bool is_qcow2(const std::string& path) {
   auto r = qcow2::meta::probe_qcow2(path);

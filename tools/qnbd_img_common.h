@@ -36,6 +36,17 @@ std::unique_ptr<io::UringFile> open_file(qcow2::SyncRunner& run, const std::stri
 // True if the file starts with the qcow2 magic (Fatal if it cannot be read).
 bool is_qcow2(const std::string& path);
 
+// Silences the engine's log (its sink is stdout) while a subcommand prints
+// qemu-img's output; the engine's errors reach the user as exceptions.
+class QuietLog {
+ public:
+  QuietLog();
+  ~QuietLog();
+
+ private:
+  int level_;
+};
+
 // One subcommand's argv (after the subcommand name).
 using Args = std::vector<std::string>;
 int cmd_create(const Args& args);

@@ -6,7 +6,6 @@
 #include "tools/qnbd_img_common.h"
 
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 namespace qnbd::img {
 
@@ -14,8 +13,7 @@ std::optional<qcow2::defrag::Stats> layout_stats(const std::string& path) {
   qcow2::SyncRunner run;
   qcow2::OpenOptions o;
   o.read_only = true;
-  const auto level = spdlog::get_level();
-  spdlog::set_level(spdlog::level::off);  // qemu-img info's output only
+  const QuietLog quiet;  // qemu-img info's output only
   std::optional<qcow2::defrag::Stats> out;
   try {
     auto backend = run.run(qcow2::open_image(run.ring(), path, o));
@@ -25,7 +23,6 @@ std::optional<qcow2::defrag::Stats> layout_stats(const std::string& path) {
     (void)run.run(backend->close());
   } catch (const std::exception&) {
   }
-  spdlog::set_level(level);
   return out;
 }
 

@@ -86,6 +86,7 @@ int cmd_map(const Args& args) {
   const ParsedArgs a = parse_args(args, {"-f", "--output"}, {"-U", "--force-share"});
   if (a.positional.size() != 1) throw Fatal("Expecting one image file name");
   const bool json = json_output(a);
+  const QuietLog quiet;
   qcow2::SyncRunner run;
   ImageChain chain(run, a.positional[0]);
   if (json)
@@ -114,6 +115,7 @@ int cmd_map(const Args& args) {
   } else if (cur.length) {
     dump_human(cur, nullptr);
   }
+  chain.close();
   return 0;
 }
 

@@ -4,37 +4,24 @@
 // ones). A backing file shorter than the image holds, as zeros, what lies
 // past its end (qemu's synthesised EOF zeros). Depth 0: no layer holds it.
 #include "qcow2/engine/image.h"
+#include "qcow2/engine/status_runs.h"
 
 namespace qnbd::qcow2 {
 
-namespace {
-
-void append(std::vector<StatusRun>& out, std::uint64_t length, std::uint32_t depth) {
-  if (!out.empty() && out.back().flags == depth)
-    out.back().length += length;
-  else
-    out.push_back({length, depth});
-}
-
-}  // namespace
-
 task<std::vector<StatusRun>> Image::allocation_depth(std::uint64_t offset, std::uint64_t length) {
-  // Bound the work per request as block_status does; the client asks again.
-  length = std::min<std::uint64_t>(length, 64 * g_.l2_coverage());
-  length = std::min(length, size() - offset);
-  auto runs = co_await map_range(offset, length);
+  auto runs = co_await map_range(offset, status_window(offset, length));
   if (!runs) co_return runs.error();
   std::vector<StatusRun> out;
   for (const MapRun& r : *runs) {
     if (r.kind != MapKind::Backing) {
-      append(out, r.length, r.unallocated ? 0 : 1);
+      append_run<StatusRun>(out, {r.length, r.unallocated ? 0u : 1u});
       continue;
     }
     std::uint64_t pos = r.guest;
     const std::uint64_t end = r.guest + r.length;
     while (pos < end) {
       if (pos >= backing_size_) {
-        append(out, end - pos, 2);
+        append_run<StatusRun>(out, {end - pos, 2});
         break;
       }
       auto b = co_await backing_->context_status(std::string(kAllocationDepthContext), pos,
@@ -43,7 +30,7 @@ task<std::vector<StatusRun>> Image::allocation_depth(std::uint64_t offset, std::
       if (b->empty()) co_return errno_error(EIO);
       for (const StatusRun& s : *b) {
         const std::uint64_t n = std::min(s.length, end - pos);
-        append(out, n, s.flags == 0 ? 0 : s.flags + 1);
+        append_run<StatusRun>(out, {n, s.flags == 0 ? 0 : s.flags + 1});
         pos += n;
         if (pos >= end) break;
       }

@@ -53,7 +53,7 @@ struct MapRun {
   std::uint64_t guest;
   std::uint64_t length;
   MapKind kind;
-  std::uint64_t host = 0;    // Data: host offset of `guest`
+  std::uint64_t host = 0;    // Data, and Zero/Backing keeping a host cluster: host of `guest`
   format::L2Entry entry{};   // Compressed: the L2 entry
   bool unallocated = false;  // Zero: allocated in no layer (no backing file)
 };
@@ -99,6 +99,9 @@ class Image {
   task<> trim(std::uint64_t offset, std::uint64_t length, bool fua);
   task<> flush();
   task<std::vector<Extent>> block_status(std::uint64_t offset, std::uint64_t length);
+  // The bytes from `offset` one status request covers, at most `length` (block_status.cpp).
+  std::uint64_t status_window(std::uint64_t offset, std::uint64_t length) const;
+  BlockBackend* backing() { return backing_.get(); }  // null: no backing file
   // qemu:allocation-depth runs (allocation_depth.cpp).
   task<std::vector<StatusRun>> allocation_depth(std::uint64_t offset, std::uint64_t length);
   task<> close();

@@ -30,10 +30,15 @@ task<std::shared_ptr<Table>> Image::l2_table_for(std::uint64_t guest) {
   co_return t;
 }
 
-// Kind of subcluster `sc` of entry `e`; for Data, `host` gets the host
-// offset of the start of the cluster.
+// Kind of subcluster `sc` of entry `e`; `host` gets the host offset of the
+// start of the cluster for Data, and for the zero and unallocated
+// subclusters of a cluster that keeps its host cluster (ZeroAlloc,
+// UnallocatedAlloc, which qemu reports with an offset too), else 0.
 result<MapKind> Image::classify(const L2Entry& e, unsigned sc, std::uint64_t& host) const {
-  switch (subcluster_type(g_, e, sc)) {
+  const SubclusterType type = subcluster_type(g_, e, sc);
+  if (type == SubclusterType::ZeroAlloc || type == SubclusterType::UnallocatedAlloc)
+    host = g_.cluster_aligned(l2_host_offset(e)) ? l2_host_offset(e) : 0;
+  switch (type) {
     case SubclusterType::UnallocatedPlain:
     case SubclusterType::UnallocatedAlloc:
       return backing_ ? MapKind::Backing : MapKind::Zero;
@@ -58,8 +63,8 @@ task<std::vector<MapRun>> Image::map_range(std::uint64_t offset, std::uint64_t l
   auto add = [&](MapRun r) {
     if (!runs.empty()) {
       MapRun& p = runs.back();
-      const bool contiguous = p.kind == r.kind && p.guest + p.length == r.guest &&
-                              (r.kind != MapKind::Data || p.host + p.length == r.host) &&
+      const bool same_host = p.host && r.host ? p.host + p.length == r.host : p.host == r.host;
+      const bool contiguous = p.kind == r.kind && p.guest + p.length == r.guest && same_host &&
                               r.kind != MapKind::Compressed && p.unallocated == r.unallocated;
       const bool same_compressed = r.kind == MapKind::Compressed && p.kind == r.kind &&
                                    p.entry == r.entry && p.guest + p.length == r.guest &&
@@ -95,7 +100,7 @@ task<std::vector<MapRun>> Image::map_range(std::uint64_t offset, std::uint64_t l
       const SubclusterType type = subcluster_type(g_, e, sc);
       const bool unallocated = !backing_ && (type == SubclusterType::UnallocatedPlain ||
                                              type == SubclusterType::UnallocatedAlloc);
-      add({pos, sc_end - pos, *kind, host + g_.offset_in_cluster(pos), e, unallocated});
+      add({pos, sc_end - pos, *kind, host ? host + g_.offset_in_cluster(pos) : 0, e, unallocated});
       pos = sc_end;
     }
   }

@@ -1,7 +1,8 @@
 """qnbd-img info and map against qemu-img on images made by qemu-img and
 qemu-io: every cluster size, compat 0.10 and 1.1, refcount widths, extended
 L2, lazy refcounts, compressed images (zlib and zstd, via convert -c),
-backing chains of depth 1-3 over raw and qcow2 bases, internal snapshots,
+backing chains of depth 1-3 over raw and qcow2 bases (and of depth 2-3
+with compressed and zero clusters in every layer), internal snapshots,
 zero writes and discards, metadata preallocation. JSON output must be equal
 (as parsed data), human output equal line for line."""
 import json
@@ -86,6 +87,24 @@ def main():
         qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o",
                  f"compression_type={ctype}", src, img)
         compare(img)
+
+    # Compressed and zero clusters at every depth of a chain of depth 2-3:
+    # compressed data seen through unallocated overlays, zero clusters over
+    # compressed ones, zero clusters that keep their host cluster (write -z
+    # without -u over data) and plain ones, an overlay longer than its base.
+    base = img_path("cz-base.qcow2")
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", src, base)
+    qemu_io(base, "write -z 128k 64k")
+    lower = os.path.basename(base)
+    for depth in (2, 3):
+        top = img_path(f"cz-{depth}.qcow2")
+        qemu_img("create", "-q", "-f", "qcow2", "-b", lower, "-F", "qcow2", top,
+                 "4M" if depth < 3 else "5M")
+        qemu_io(top, f"write -c -P 0x{0x50 + depth:x} {depth}M 128k",
+                f"write -z {depth * 256}k 64k", f"write -P 0x{0x60 + depth:x} 3M 192k",
+                "write -z 3M 64k", "write -z -u 3136k 64k")
+        compare(top)
+        lower = os.path.basename(top)
 
     # Backing chains over raw and qcow2 bases, depth 1-3.
     for base_fmt in ("raw", "qcow2"):
