@@ -1,6 +1,7 @@
 // The file interface every image layer does its I/O through. Two
 // implementations: UringFile (io_uring on a real file) and MemoryFile (in
-// memory, with injectable failures for engine and crash tests).
+// memory, with injectable failures for engine and crash tests);
+// tests/unit/file_contract_test.cpp holds both to the contract below.
 #pragma once
 
 #include "common/task.h"
@@ -22,7 +23,10 @@ class File {
   // zeros (a sparse qcow2 image may reference clusters beyond EOF only when
   // it was grown by truncate, and those are zero).
   virtual task<> readv_at(std::uint64_t offset, std::span<const iovec> iov) = 0;
-  // Writes every byte or fails; a short write is an error (ENOSPC).
+  // Writes every byte or fails; a short write is an error (ENOSPC). Any
+  // offset and length: with alignment() > 1 an unaligned write rewrites the
+  // whole blocks it touches, so past the end it grows the file to a block
+  // boundary.
   virtual task<> writev_at(std::uint64_t offset, std::span<const iovec> iov) = 0;
   // fdatasync: every completed write is durable when this returns.
   virtual task<> sync() = 0;
@@ -38,7 +42,8 @@ class File {
   virtual result<std::uint64_t> seek_data(std::uint64_t offset) const = 0;
   virtual result<std::uint64_t> seek_hole(std::uint64_t offset) const = 0;
   virtual bool read_only() const = 0;
-  // Required alignment of offsets, lengths and buffers (O_DIRECT), 1 if none.
+  // Alignment of offsets, lengths and buffers that the file transfers
+  // directly (O_DIRECT), 1 if none; other requests cost a bounce buffer.
   virtual std::uint32_t alignment() const { return 1; }
   // Bytes the file system allocated to the file (metrics); size() if unknown.
   virtual result<std::uint64_t> allocated() const { return size(); }

@@ -46,10 +46,39 @@ void MemoryFile::record(Pending p) {
   pending_.push_back(std::move(p));
 }
 
+bool MemoryFile::aligned(std::uint64_t offset, std::span<const iovec> iov) const {
+  const std::uint64_t a = alignment_;
+  if (a == 1) return true;
+  if (offset % a) return false;
+  for (const auto& v : iov)
+    if (reinterpret_cast<std::uintptr_t>(v.iov_base) % a || v.iov_len % a) return false;
+  return true;
+}
+
+// As UringFile's bounce buffer: the write covers the whole blocks it
+// touches, the bytes around it as they were (zeros past the end).
+void MemoryFile::widen_to_blocks(Pending& p) const {
+  const std::uint64_t a = alignment_;
+  const std::uint64_t start = p.offset / a * a;
+  const std::uint64_t end = (p.offset + p.bytes.size() + a - 1) / a * a;
+  std::vector<std::byte> blocks(end - start);
+  if (start < data_.size())
+    std::copy_n(data_.begin() + static_cast<std::ptrdiff_t>(start),
+                std::min<std::uint64_t>(end, data_.size()) - start, blocks.begin());
+  std::copy(p.bytes.begin(), p.bytes.end(),
+            blocks.begin() + static_cast<std::ptrdiff_t>(p.offset - start));
+  p.offset = start;
+  p.bytes = std::move(blocks);
+}
+
 task<> MemoryFile::readv_at(std::uint64_t offset, std::span<const iovec> iov) {
   co_await maybe_yield();
   ++stats_.reads;
   if (auto e = take_fault(Op::Read)) co_return errno_error(*e);
+  if (!aligned(offset, iov)) {
+    ++stats_.unaligned;
+    if (unaligned_ == Unaligned::Reject) co_return errno_error(EINVAL);
+  }
   for (const auto& v : iov) {
     auto* out = static_cast<std::byte*>(v.iov_base);
     std::size_t n = 0;
@@ -73,6 +102,11 @@ task<> MemoryFile::writev_at(std::uint64_t offset, std::span<const iovec> iov) {
     auto* in = static_cast<const std::byte*>(v.iov_base);
     p.bytes.insert(p.bytes.end(), in, in + v.iov_len);
   }
+  if (!aligned(offset, iov)) {
+    ++stats_.unaligned;
+    if (unaligned_ == Unaligned::Reject) co_return errno_error(EINVAL);
+    widen_to_blocks(p);
+  }
   const bool torn = !faults_.empty() && std::any_of(faults_.begin(), faults_.end(), [](auto& f) {
     return (f.op == Op::Write || f.op == Op::Any) && f.skip == 0 && f.short_write;
   });
@@ -83,8 +117,8 @@ task<> MemoryFile::writev_at(std::uint64_t offset, std::span<const iovec> iov) {
     }
     co_return errno_error(*e);
   }
-  if (limit_ && offset + p.bytes.size() > *limit_) {
-    p.bytes.resize(offset < *limit_ ? *limit_ - offset : 0);
+  if (limit_ && p.offset + p.bytes.size() > *limit_) {
+    p.bytes.resize(p.offset < *limit_ ? *limit_ - p.offset : 0);
     if (!p.bytes.empty()) record(std::move(p));
     co_return errno_error(ENOSPC);
   }

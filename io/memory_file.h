@@ -20,6 +20,11 @@ namespace qnbd::io {
 class MemoryFile final : public File {
  public:
   enum class Op { Read, Write, Sync, Discard, Any };
+  // What an aligned file (set_alignment) does with an unaligned read or
+  // write: serve it through whole blocks as an O_DIRECT UringFile does (a
+  // write past the end then grows the file to a block boundary), or refuse
+  // it with EINVAL as pread/pwrite on an O_DIRECT descriptor do.
+  enum class Unaligned { Bounce, Reject };
 
   // The next matching operation(s) fail with `error` after `skip` matching
   // operations succeeded. A failing write with short_write set first stores
@@ -35,6 +40,7 @@ class MemoryFile final : public File {
   struct Stats {
     std::uint64_t reads = 0, writes = 0, syncs = 0, discards = 0;
     std::uint64_t bytes_read = 0, bytes_written = 0;
+    std::uint64_t unaligned = 0;  // reads and writes not aligned to alignment()
   };
 
   explicit MemoryFile(std::vector<std::byte> initial = {}, bool read_only = false);
@@ -50,6 +56,8 @@ class MemoryFile final : public File {
   result<std::uint64_t> seek_data(std::uint64_t offset) const override;
   result<std::uint64_t> seek_hole(std::uint64_t offset) const override;
   bool read_only() const override { return read_only_; }
+  std::uint32_t alignment() const override { return alignment_; }
+  std::uint64_t syncs_started() const override { return stats_.syncs; }
 
   void inject(Fault f) { faults_.push_back(f); }
   void clear_faults() { faults_.clear(); }
@@ -59,6 +67,13 @@ class MemoryFile final : public File {
   // When true (default) every operation yields to the event loop once, so
   // concurrent coroutines interleave as they would with real I/O.
   void set_yield(bool y) { yield_ = y; }
+  // Alignment mode: alignment() reports `bytes` (a power of two; 1 turns
+  // the mode off), as an O_DIRECT file does, and unaligned reads and writes
+  // are counted in stats().unaligned and handled as `unaligned` says.
+  void set_alignment(std::uint32_t bytes, Unaligned unaligned = Unaligned::Bounce) {
+    alignment_ = bytes;
+    unaligned_ = unaligned;
+  }
 
   // Simulated power loss: the visible contents become the durable image plus
   // each pending write with probability `keep` (0 = drop all unsynced).
@@ -80,6 +95,8 @@ class MemoryFile final : public File {
   void record(Pending p);
   boost::asio::awaitable<void> maybe_yield();
   task<> fill(std::uint64_t offset, std::uint64_t length, Op op);
+  bool aligned(std::uint64_t offset, std::span<const iovec> iov) const;
+  void widen_to_blocks(Pending& p) const;
 
   std::vector<std::byte> data_;
   std::vector<std::byte> durable_;
@@ -89,6 +106,8 @@ class MemoryFile final : public File {
   Stats stats_;
   bool read_only_;
   bool yield_ = true;
+  std::uint32_t alignment_ = 1;
+  Unaligned unaligned_ = Unaligned::Bounce;
 };
 
 }  // namespace qnbd::io

@@ -1,9 +1,6 @@
 #include "io/uring_file.h"
 #include "io/aligned_bytes.h"
 
-#include <boost/asio/as_tuple.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/container/small_vector.hpp>
 
 #include <fcntl.h>
@@ -151,20 +148,8 @@ task<> UringFile::writev_at(std::uint64_t offset, std::span<const iovec> iov) {
   if (direct_ && !aligned(offset, iov)) {
     // Two bounced writes may share an edge block while touching different
     // bytes of it: one at a time, or one read-modify-write undoes the other.
-    auto ex = co_await boost::asio::this_coro::executor;
-    while (bounce_busy_) {
-      boost::asio::steady_timer t(ex, boost::asio::steady_timer::time_point::max());
-      bounce_waiters_.push_back(&t);
-      co_await t.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
-    }
-    bounce_busy_ = true;
-    auto r = co_await bounced(true, offset, iov);
-    bounce_busy_ = false;
-    if (!bounce_waiters_.empty()) {
-      bounce_waiters_.front()->cancel();
-      bounce_waiters_.pop_front();
-    }
-    co_return r;
+    auto one_at_a_time = co_await bounce_.lock();
+    co_return co_await bounced(true, offset, iov);
   }
   co_return co_await raw_writev(offset, iov);
 }

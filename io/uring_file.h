@@ -2,12 +2,10 @@
 // syscalls when io_uring is unavailable).
 #pragma once
 
+#include "common/wait_queue.h"
 #include "io/file.h"
 #include "io/uring.h"
 
-#include <boost/asio/steady_timer.hpp>
-
-#include <deque>
 #include <memory>
 #include <string>
 
@@ -56,8 +54,7 @@ class UringFile final : public File {
   boost::asio::awaitable<int> rw(bool write, std::uint64_t offset, const iovec* iov, unsigned n);
 
   Ring& ring_;
-  bool bounce_busy_ = false;
-  std::deque<boost::asio::steady_timer*> bounce_waiters_;
+  AsyncMutex bounce_;
   int fd_;
   bool read_only_;
   bool direct_;

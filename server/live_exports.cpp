@@ -4,7 +4,6 @@
 #include "server/open_image.h"
 #include "server/reload.h"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -93,10 +92,7 @@ awaitable<void> LiveExports::close(Export& e) {
 }
 
 awaitable<void> LiveExports::settle() {
-  while (retiring_ > 0) {
-    settled_.expires_at(boost::asio::steady_timer::time_point::max());
-    co_await settled_.async_wait(boost::asio::as_tuple(use_awaitable));
-  }
+  while (retiring_ > 0) co_await settled_.wait();
 }
 
 awaitable<void> LiveExports::reload(const std::vector<config::Export>& next) {
@@ -186,7 +182,7 @@ awaitable<void> LiveExports::retire(Export& e) {
       spdlog::error("export '{}': reopening failed, not served: {}", replacement->name, failure);
   }
   --retiring_;
-  settled_.cancel();
+  settled_.notify_all();
 }
 
 awaitable<void> LiveExports::close_all() {

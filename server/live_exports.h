@@ -6,13 +6,13 @@
 // Runs on the main thread; each backend is opened and closed on its worker.
 #pragma once
 
+#include "common/wait_queue.h"
 #include "config/config.h"
 #include "server/export_registry.h"
 #include "server/workers.h"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include <vector>
 
@@ -20,8 +20,7 @@ namespace qnbd::server {
 
 class LiveExports {
  public:
-  LiveExports(boost::asio::io_context& main, Workers& workers)
-      : main_(main), workers_(workers), settled_(main) {}
+  LiveExports(boost::asio::io_context& main, Workers& workers) : main_(main), workers_(workers) {}
 
   ExportRegistry& registry() { return registry_; }
   // Before workers.start(): opens every export on its worker; throws.
@@ -51,7 +50,7 @@ class LiveExports {
   ExportRegistry registry_;
   unsigned next_worker_ = 0;
   unsigned retiring_ = 0;  // retire() coroutines running
-  boost::asio::steady_timer settled_;
+  WaitQueue settled_;
 };
 
 }  // namespace qnbd::server

@@ -8,6 +8,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <spdlog/spdlog.h>
@@ -33,8 +34,7 @@ Server::Server(boost::asio::io_context& ctx, const config::Config& cfg, ExportRe
       tls_(config::effective_mode(cfg.listen.tls) == config::TlsMode::off
                ? nullptr
                : std::make_unique<TlsContext>(cfg.listen.tls)),
-      load_(workers.size(), 0),
-      idle_(ctx) {}
+      load_(workers.size(), 0) {}
 
 namespace {
 
@@ -217,7 +217,7 @@ awaitable<void> Server::serve(Socket s, std::string address) {
     conn.close();
   }
   --connections_;
-  idle_.cancel();
+  idle_.notify_all();
 }
 
 awaitable<void> Server::shutdown() {
@@ -230,10 +230,7 @@ awaitable<void> Server::shutdown() {
   }
   for (auto& h : handshaking_) h.conn->close();
   for (auto& s : sessions_) s->stop();
-  while (connections_ > 0) {
-    idle_.expires_at(boost::asio::steady_timer::time_point::max());
-    co_await idle_.async_wait(boost::asio::as_tuple(use_awaitable));
-  }
+  while (connections_ > 0) co_await idle_.wait();
   if (!listeners_.unix_path.empty()) ::unlink(listeners_.unix_path.c_str());
 }
 

@@ -7,6 +7,7 @@
 // thread; so do all of its counters.
 #pragma once
 
+#include "common/wait_queue.h"
 #include "config/config.h"
 #include "server/export_registry.h"
 #include "server/listener.h"
@@ -16,7 +17,6 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include <functional>
 #include <list>
@@ -80,7 +80,7 @@ class Server {
   std::vector<unsigned> load_;  // sessions per worker
   std::map<const Export*, unsigned> on_home_;  // sessions on the export's home worker
   unsigned next_ = 0;                          // round-robin among equally loaded
-  boost::asio::steady_timer idle_;
+  WaitQueue idle_;
 };
 
 }  // namespace qnbd::server

@@ -9,8 +9,9 @@
 
 namespace qnbd::test {
 
-TempDir::TempDir(const std::string& prefix) {
-  std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
+TempDir::TempDir(const std::string& prefix, const std::filesystem::path& parent) {
+  const auto dir = parent.empty() ? std::filesystem::temp_directory_path() : parent;
+  std::string tmpl = (dir / (prefix + "-XXXXXX")).string();
   if (::mkdtemp(tmpl.data()) == nullptr)
     throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
   path_ = tmpl;

@@ -8,8 +8,9 @@ namespace qnbd::test {
 
 class TempDir {
  public:
-  // Under $TMPDIR (or /tmp), named prefix-XXXXXX.
-  explicit TempDir(const std::string& prefix = "qnbd-test");
+  // Under `parent` (default $TMPDIR, or /tmp), named prefix-XXXXXX.
+  explicit TempDir(const std::string& prefix = "qnbd-test",
+                   const std::filesystem::path& parent = {});
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;

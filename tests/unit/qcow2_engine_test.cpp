@@ -5,6 +5,7 @@
 #include "engine_fixture.h"
 #include "io/uring.h"
 #include "io/uring_file.h"
+#include "tests/lib/temp_dir.h"
 
 #include <fstream>
 #include <random>
@@ -265,14 +266,11 @@ TEST_CASE_TEMPLATE("qcow2 engine: write, flush, reopen round trip", FileKind, io
   boost::asio::io_context ctx;
   io::Ring ring(ctx);
   const auto bytes = make_image(16, 8 << 20);
-  std::string path;
+  qnbd::test::TempDir dir("qnbd-unit-qcow2");
   std::unique_ptr<io::File> file;
   if constexpr (std::is_same_v<FileKind, io::UringFile>) {
-    char tmpl[] = "/tmp/qnbd-unit-qcow2.XXXXXX";
-    const int fd = mkstemp(tmpl);
-    REQUIRE(::write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
-    ::close(fd);
-    path = tmpl;
+    const std::string path = dir.write(
+        "image.qcow2", std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
     auto f = io::UringFile::open(ring, path, {});
     REQUIRE(f.has_value());
     file = std::move(*f);
@@ -298,5 +296,4 @@ TEST_CASE_TEMPLATE("qcow2 engine: write, flush, reopen round trip", FileKind, io
   CHECK(got[65536] == std::byte{0});
   CHECK(got[131072] == std::byte{0x42});
   CHECK(got[212345] == std::byte{0});
-  if (!path.empty()) ::unlink(path.c_str());
 }
