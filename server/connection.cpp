@@ -91,15 +91,6 @@ boost::asio::awaitable<error_code> Connection::write_all(std::span<const std::by
   co_return co_await write_all(std::span(&one, 1));
 }
 
-std::size_t Connection::try_write(std::span<const boost::asio::const_buffer> bufs) {
-  if (tls_) return 0;
-  error_code ec;
-  if (!socket_.non_blocking()) socket_.non_blocking(true, ec);  // asynchronous I/O unaffected
-  if (ec) return 0;
-  const std::size_t n = socket_.write_some(bufs, ec);
-  return ec ? 0 : n;
-}
-
 void Connection::shutdown_receive() {
   error_code ignored;
   socket_.shutdown(Socket::shutdown_receive, ignored);

@@ -44,10 +44,6 @@ class Connection {
   boost::asio::awaitable<error_code> skip(std::size_t n);
   boost::asio::awaitable<error_code> write_all(std::span<const boost::asio::const_buffer> bufs);
   boost::asio::awaitable<error_code> write_all(std::span<const std::byte> bytes);
-  // Sends what a plain connection's socket takes now, without waiting: the
-  // byte count; 0 when it would block, on an error (write_all, which the
-  // caller then uses for the rest, reports it) and always over TLS.
-  std::size_t try_write(std::span<const boost::asio::const_buffer> bufs);
 
   // NBD_OPT_STARTTLS, after its ACK: drops every byte received so far (sent
   // in the clear after the option, so never to be read as if protected:

@@ -21,8 +21,7 @@ Session::Session(Connection conn, Negotiated neg, SessionLimits limits, SessionP
       neg_(neg),
       where_(std::move(where)),
       limits_(limits),
-      wake_(conn_.socket().get_executor()),
-      reply_wake_(conn_.socket().get_executor()) {
+      wake_(conn_.socket().get_executor()) {
   const Export& e = *neg_.exp;
   lim_.size = e.size;
   lim_.read_only = e.caps.read_only;
@@ -64,9 +63,6 @@ awaitable<void> Session::run() {
       "{}: serving export '{}' on worker {} (thread {}, {})", peer(), neg_.exp->name, where_.worker,
       ::gettid(),
       where_.owner ? "backend calls run on the export's home worker" : "the export's home worker");
-  // One writer for the session's life: a co_spawn per drained queue would
-  // cost a coroutine frame and a spawn per reply at low queue depth.
-  boost::asio::co_spawn(ex, write_replies(self), boost::asio::detached);
   for (;;) {
     std::array<std::byte, kRequestSize> raw;
     if (!conn_.take_buffered(raw) && co_await conn_.read_exact(raw)) break;  // gone or stop()
@@ -106,8 +102,6 @@ awaitable<void> Session::run() {
                           boost::asio::detached);
   }
   co_await wait_until([&] { return inflight_ == 0; });
-  done_ = true;
-  reply_wake_.cancel();
   conn_.close();
   stats_->connections_closed.add();
   spdlog::debug("{}: connection closed", peer());
@@ -153,53 +147,26 @@ Session::Reply Session::error_reply(const Request& req, std::uint32_t error) con
   return r;
 }
 
-// The only request in flight, with nothing queued or being written, is sent
-// at once: waking the writer would cost a loop turn per request at queue
-// depth 1. With more in flight the writer batches replies into one sendmsg.
 void Session::send(Reply r) {
   if (broken_) {
     release(r.budget);
     return;
   }
-  if (inflight_ == 1 && queue_.empty() && writer_idle_) {
-    const boost::asio::const_buffer b[2] = {boost::asio::buffer(r.head.data(), r.head_len),
-                                            boost::asio::buffer(r.body.data(), r.body.size())};
-    const std::size_t parts = r.body.empty() ? 1 : 2;
-    r.sent = conn_.try_write(std::span(b, parts));
-    if (r.sent == r.head_len + r.body.size()) {
-      release(r.budget);
-      pool_.release(std::move(r.body));
-      return;
-    }
-  }
   queue_.push_back(std::move(r));
-  if (queue_.size() == 1) reply_wake_.cancel();  // the writer may be waiting
+  if (!writing_) {
+    writing_ = true;
+    boost::asio::co_spawn(conn_.socket().get_executor(), write_replies(shared_from_this()),
+                          boost::asio::detached);
+  }
 }
 
 awaitable<void> Session::write_replies(std::shared_ptr<Session>) {
-  while (!broken_) {
-    if (queue_.empty()) {
-      if (done_) break;
-      reply_wake_.expires_at(boost::asio::steady_timer::time_point::max());
-      writer_idle_ = true;
-      co_await reply_wake_.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
-      writer_idle_ = false;
-      continue;
-    }
+  while (!queue_.empty() && !broken_) {
     std::swap(sending_, queue_);
     bufs_.clear();
     for (const auto& r : sending_) {
-      std::size_t skip = r.sent;  // only the first reply of a batch has any
-      auto add = [&](const std::byte* p, std::size_t n) {
-        if (skip >= n) {
-          skip -= n;
-          return;
-        }
-        bufs_.push_back(boost::asio::buffer(p + skip, n - skip));
-        skip = 0;
-      };
-      add(r.head.data(), r.head_len);
-      if (!r.body.empty()) add(r.body.data(), r.body.size());
+      bufs_.push_back(boost::asio::buffer(r.head.data(), r.head_len));
+      if (!r.body.empty()) bufs_.push_back(boost::asio::buffer(r.body.data(), r.body.size()));
     }
     if (auto ec = co_await conn_.write_all(bufs_)) {
       spdlog::info("{}: send failed ({}), closing", peer(), ec.message());
@@ -214,6 +181,7 @@ awaitable<void> Session::write_replies(std::shared_ptr<Session>) {
   }
   for (auto& r : queue_) release(r.budget);
   queue_.clear();
+  writing_ = false;
 }
 
 }  // namespace qnbd::server

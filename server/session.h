@@ -67,7 +67,6 @@ class Session : public std::enable_shared_from_this<Session> {
     Buffer body;
     std::size_t budget = 0;
     std::uint32_t error = 0;  // NBD error code, for the metrics
-    std::size_t sent = 0;     // bytes send() already wrote directly
   };
 
   // A READ or WRITE on the fast path (BlockBackend::start_read/start_write):
@@ -115,8 +114,6 @@ class Session : public std::enable_shared_from_this<Session> {
   Reply error_reply(const nbd::Request& req, std::uint32_t error) const;
 
   void send(Reply r);
-  // The one reply writer of the session, started by run(): sends what send()
-  // queued, in batches, until run() sets done_.
   boost::asio::awaitable<void> write_replies(std::shared_ptr<Session> self);
   boost::asio::awaitable<void> wait_until(auto pred);
   void release(std::size_t budget);
@@ -128,16 +125,14 @@ class Session : public std::enable_shared_from_this<Session> {
   SessionLimits limits_;
   std::size_t inflight_ = 0;
   std::size_t inflight_bytes_ = 0;
-  boost::asio::steady_timer wake_;        // the receive loop waits on it
-  boost::asio::steady_timer reply_wake_;  // the reply writer waits on it
+  boost::asio::steady_timer wake_;
   BufferPool pool_;
   std::vector<Reply> queue_;
   // The batch being sent and its buffers (kept for their capacity).
   std::vector<Reply> sending_;
   std::vector<boost::asio::const_buffer> bufs_;
   std::vector<std::unique_ptr<FastOp>> fast_free_;
-  bool done_ = false;         // nothing more will be queued: the writer may end
-  bool writer_idle_ = false;  // parked on reply_wake_: no write in progress
+  bool writing_ = false;
   bool broken_ = false;
   metrics::ThreadCounters* stats_ = nullptr;  // this thread's, set by run()
 };
