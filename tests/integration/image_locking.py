@@ -37,25 +37,6 @@ def qnbd(tmp, image, *extra):
     return h.Server(tmp, image, fmt="qcow2", extra=list(extra))
 
 
-class QemuNbd:
-    """qemu-nbd serving `image` in the background (the other process)."""
-
-    def __init__(self, tmp, image, *extra):
-        self.pid_file = os.path.join(tmp, "qemu-nbd.pid")
-        self.argv = ["qemu-nbd", "--fork", "--pid-file", self.pid_file, "-t",
-                     "-k", os.path.join(tmp, "qemu.sock"), *extra, image]
-
-    def __enter__(self):
-        h.run(self.argv)
-        with open(self.pid_file) as f:
-            self.pid = int(f.read())
-        return self
-
-    def __exit__(self, *exc):
-        os.kill(self.pid, 15)
-        h.wait_pid(self.pid, 20)
-
-
 def start_fails(tmp, argv):
     p = subprocess.run([h.server_binary()] + argv, capture_output=True, text=True, timeout=30,
                        stdin=subprocess.DEVNULL)
@@ -86,7 +67,7 @@ def test_served_read_write_keeps_qemu_out(tmp):
 def test_qemu_nbd_writer_keeps_qnbd_out(tmp):
     img = qcow2(tmp)
     sock = os.path.join(tmp, "nbd.sock")
-    with QemuNbd(tmp, img):
+    with h.QemuNbd(tmp, img):
         err = start_fails(tmp, ["-k", sock, "-f", "qcow2", img])
         assert "write lock held by another process" in err, err
         err = start_fails(tmp, ["-k", sock, "-r", "-f", "qcow2", img])
@@ -105,9 +86,9 @@ def test_readers_share(tmp):
         assert tool("qemu-io", "-r", "-c", "read 0 4k", img).returncode == 0
         assert tool("qemu-img", "info", img).returncode == 0
         assert refused(tool("qemu-io", "-c", "write 0 4k", img))
-        with QemuNbd(tmp, img, "-r"):
+        with h.QemuNbd(tmp, img, "-r"):
             pass  # a read-only qemu-nbd starts beside a read-only qnbd
-    with QemuNbd(tmp, img, "-r"):
+    with h.QemuNbd(tmp, img, "-r"):
         with qnbd(tmp, img, "-r"):
             pass
 
@@ -118,7 +99,7 @@ def test_backing_file_locked(tmp):
     with qnbd(tmp, top):
         assert refused(tool("qemu-io", "-c", "write 0 4k", base))
         assert tool("qemu-io", "-r", "-c", "read 0 4k", base).returncode == 0
-    with QemuNbd(tmp, base):
+    with h.QemuNbd(tmp, base):
         err = start_fails(tmp, ["-k", os.path.join(tmp, "nbd.sock"), "-f", "qcow2", top])
         assert "base.qcow2: write lock held by another process" in err, err
 

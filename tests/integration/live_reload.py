@@ -185,19 +185,11 @@ def test_bad_config_rejected_whole(tmp):
         h.run(["qemu-img", "create", "-f", "qcow2", q, "16M"])
         write(tmp, [{"name": "a", "path": a}, {"name": "c", "path": c}],
               extra_yaml=f"  - {{name: q, path: {q}, format: qcow2}}\n")
-        pid_file = os.path.join(tmp, "qemu-nbd.pid")
-        h.run(["qemu-nbd", "--fork", "--pid-file", pid_file, "-t", "-k",
-               os.path.join(tmp, "q.sock"), q])
-        with open(pid_file) as f:
-            locker = int(f.read())
-        try:
+        with h.QemuNbd(tmp, q):
             status = reload(srv, notify)
             assert "export 'q'" in status and "write lock held by another process" in status, \
                 status
             assert refused(srv, "c") and refused(srv, "q")
-        finally:
-            os.kill(locker, signal.SIGTERM)
-            h.wait_pid(locker, 20)
         assert ca.pread(4096, 0) == h.pattern(0, 4096, seed=7)
         assert reload(srv, notify).startswith("serving 3 export(s)")
         assert connect(srv, "c").pread(4096, 0) == h.pattern(0, 4096, seed=9)

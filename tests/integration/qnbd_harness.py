@@ -8,6 +8,7 @@ themselves were validated (multi-export YAML configs are qnbd-only).
 """
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,27 @@ def run(argv, **kw):
         raise AssertionError(f"{' '.join(argv)} -> exit {p.returncode}\n"
                              f"stdout: {p.stdout}\nstderr: {p.stderr}")
     return p
+
+
+class QemuNbd:
+    """qemu-nbd serving `image` on tmp/qemu.sock in the background: the other process that
+    holds an image's locks. It is stopped with SIGKILL: the tests need it gone and its locks
+    released, and in CI a qemu-nbd once still held its pid-file lock 20 s after a SIGTERM."""
+
+    def __init__(self, tmp, image, *extra):
+        self.pid_file = os.path.join(tmp, "qemu-nbd.pid")
+        self.argv = ["qemu-nbd", "--fork", "--pid-file", self.pid_file, "-t",
+                     "-k", os.path.join(tmp, "qemu.sock"), *extra, image]
+
+    def __enter__(self):
+        run(self.argv)
+        with open(self.pid_file) as f:
+            self.pid = int(f.read())
+        return self
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, signal.SIGKILL)
+        assert wait_pid(self.pid, 20) is not None, f"qemu-nbd {self.pid} outlived SIGKILL"
 
 
 def main(tests):

@@ -85,13 +85,18 @@ def describe_status(status):
 
 
 def wait_pid(pid, timeout):
-    """waitpid with a timeout (a pidfd, no polling); None if still running."""
+    """waitpid with a timeout (a pidfd, no polling); None if still running. A process that is
+    not our child (a daemon that forked away) gives 0 once it has exited: its reaper has the
+    status."""
     fd = os.pidfd_open(pid)
     try:
         ready, _, _ = select.select([fd], [], [], timeout)
         if not ready:
             return None
-        return os.waitpid(pid, 0)[1]
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            return 0
     finally:
         os.close(fd)
 
