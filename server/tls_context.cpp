@@ -97,7 +97,8 @@ std::shared_ptr<const TlsCredentials> load(const config::Tls& cfg) {
   // Userspace TLS reads many records per system call; OpenSSL 3.0 does not
   // use kernel TLS for receiving while read-ahead is on, so it stays off
   // where the kernel can take over.
-  if (!kernel_tls_available()) SSL_CTX_set_read_ahead(ctx, 1);
+  creds->kernel_tls = kernel_tls_available();
+  if (!creds->kernel_tls) SSL_CTX_set_read_ahead(ctx, 1);
   SSL_CTX_set_default_read_buffer_len(ctx, 64 << 10);
   if (!cfg.certificates.empty()) load_certificates(ctx, cfg);
   if (!cfg.psk_file.empty()) {

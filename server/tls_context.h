@@ -19,6 +19,9 @@ struct TlsCredentials {
   std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx{nullptr, SSL_CTX_free};
   PskKeys psk;
   bool verify_peer = false;
+  // The kernel can take over the record layer (kernel_tls_available() when
+  // the credentials were loaded): OpenSSL then writes to the socket itself.
+  bool kernel_tls = false;
 
   // The credentials an SSL object was made from (for the PSK callback). The
   // SSL's app data, when set, is a std::string* that receives the PSK user.

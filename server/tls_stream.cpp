@@ -1,6 +1,7 @@
 #include "server/tls_stream.h"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -8,8 +9,11 @@
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
+#include <sys/socket.h>
+
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 namespace qnbd::server {
 namespace {
@@ -18,6 +22,51 @@ using boost::asio::awaitable;
 constexpr auto use_tuple = boost::asio::as_tuple(boost::asio::use_awaitable);
 // The largest TLS record payload: staging this much makes full records.
 constexpr std::size_t kRecord = 16384;
+// Records are sent once this much is waiting, so that the client decrypts
+// one part of a large reply while the next is encrypted (256 KiB made 1 MiB
+// reads slower than 64 KiB).
+constexpr std::size_t kFlushAt = 64 << 10;
+// A connection keeps an out_ buffer up to this size between replies.
+constexpr std::size_t kKeepOut = 1 << 20;
+
+// The BIO OpenSSL writes records into when the kernel cannot take them:
+// its data is the stream's out_, never full, so writes never block.
+int out_write(BIO* b, const char* data, int len) {
+  auto* out = static_cast<std::vector<std::byte>*>(BIO_get_data(b));
+  auto* p = reinterpret_cast<const std::byte*>(data);
+  try {
+    out->insert(out->end(), p, p + len);
+  } catch (const std::bad_alloc&) {
+    return -1;
+  }
+  return len;
+}
+
+long out_ctrl(BIO* b, int cmd, long, void*) {
+  if (cmd == BIO_CTRL_FLUSH) return 1;  // flush() sends, after the SSL call
+  if (cmd == BIO_CTRL_WPENDING)
+    return static_cast<long>(static_cast<std::vector<std::byte>*>(BIO_get_data(b))->size());
+  return 0;
+}
+
+int out_create(BIO* b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+const BIO_METHOD* out_method() {
+  static BIO_METHOD* const m = [] {
+    BIO_METHOD* m =
+        BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "qnbd TLS records out");
+    if (m) {
+      BIO_meth_set_write(m, out_write);
+      BIO_meth_set_ctrl(m, out_ctrl);
+      BIO_meth_set_create(m, out_create);
+    }
+    return m;
+  }();
+  return m;
+}
 
 // The error of a failed SSL_* call, taken from OpenSSL's (per-thread) queue,
 // which is left empty.
@@ -56,6 +105,15 @@ result<std::unique_ptr<TlsStream>> TlsStream::open(std::shared_ptr<const TlsCred
     ERR_clear_error();
     return error_code(ENOMEM, boost::system::system_category());
   }
+  if (!t->creds_->kernel_tls) {
+    BIO* out = out_method() ? BIO_new(out_method()) : nullptr;
+    if (!out) {
+      ERR_clear_error();
+      return error_code(ENOMEM, boost::system::system_category());
+    }
+    BIO_set_data(out, &t->out_);
+    SSL_set0_wbio(t->ssl_.get(), out);
+  }
   SSL_set_app_data(t->ssl_.get(), &t->summary_.psk_user);
   return t;
 }
@@ -75,6 +133,9 @@ awaitable<std::pair<error_code, std::size_t>> TlsStream::drive(Socket& s, Op op)
     int kind = SSL_get_error(ssl_.get(), ret);
     if (kind == SSL_ERROR_WANT_READ || kind == SSL_ERROR_WANT_WRITE) {
       ERR_clear_error();
+      // The peer may be waiting for what this call wrote (a handshake
+      // message) before it sends what OpenSSL wants to read.
+      if (auto ec = co_await flush(s)) co_return std::pair{ec, std::size_t{0}};
       auto [ec] = co_await s.async_wait(
           kind == SSL_ERROR_WANT_READ ? Socket::wait_read : Socket::wait_write, use_tuple);
       if (ec) co_return std::pair{ec, std::size_t{0}};
@@ -87,6 +148,8 @@ awaitable<std::pair<error_code, std::size_t>> TlsStream::drive(Socket& s, Op op)
 awaitable<error_code> TlsStream::accept(Socket& s) {
   SSL* ssl = ssl_.get();
   auto [ec, n] = co_await drive(s, [ssl](std::size_t&) { return SSL_accept(ssl); });
+  // Sent on failure too: the alert tells the client why.
+  if (auto flushed = co_await flush(s); !ec) ec = flushed;
   if (!ec) summarise();
   co_return ec;
 }
@@ -111,16 +174,39 @@ std::string TlsStream::failure_detail() const {
 awaitable<std::pair<error_code, std::size_t>> TlsStream::read_some(Socket& s,
                                                                    std::span<std::byte> out) {
   SSL* ssl = ssl_.get();
-  co_return co_await drive(
+  auto r = co_await drive(
       s, [ssl, out](std::size_t& n) { return SSL_read_ex(ssl, out.data(), out.size(), &n); });
+  // A read may answer the peer (a TLS 1.3 key update); a failed one may
+  // have queued an alert.
+  if (auto ec = co_await flush(s); ec && !r.first) r = {ec, 0};
+  co_return r;
 }
 
-awaitable<error_code> TlsStream::write_raw(Socket& s, const std::byte* p, std::size_t size) {
+awaitable<error_code> TlsStream::encrypt(Socket& s, const std::byte* p, std::size_t size) {
   SSL* ssl = ssl_.get();
-  // Without partial writes, SSL_write_ex sends all of it (retried with the
-  // same arguments after a wait, as OpenSSL requires).
+  // Without partial writes, SSL_write_ex takes all of it (retried with the
+  // same arguments after a wait, as OpenSSL requires, with kernel TLS).
   auto [ec, n] = co_await drive(
       s, [ssl, p, size](std::size_t& done) { return SSL_write_ex(ssl, p, size, &done); });
+  if (!ec && out_.size() >= kFlushAt) ec = co_await flush(s);
+  co_return ec;
+}
+
+// The reader and the writer both flush (a read may answer the peer), so
+// one sends while the other adds: out_ and sending_ swap, and the flush in
+// progress also sends what was added meanwhile, in order.
+awaitable<error_code> TlsStream::flush(Socket& s) {
+  if (flushing_) co_return error_code{};
+  flushing_ = true;
+  error_code ec;
+  while (!ec && !out_.empty()) {
+    sending_.swap(out_);
+    auto [e, n] = co_await boost::asio::async_write(s, boost::asio::buffer(sending_), use_tuple);
+    ec = e;
+    sending_.clear();
+  }
+  flushing_ = false;
+  if (sending_.capacity() > kKeepOut) std::vector<std::byte>().swap(sending_);
   co_return ec;
 }
 
@@ -130,28 +216,37 @@ awaitable<error_code> TlsStream::write(Socket& s, std::span<const boost::asio::c
     auto* p = static_cast<const std::byte*>(b.data());
     std::size_t n = b.size();
     while (n) {
-      if (staging_.empty() && n >= kRecord) {  // a large payload goes out in place
-        if (auto ec = co_await write_raw(s, p, n)) co_return ec;
-        break;
+      if (staging_.empty() && n >= kRecord) {  // a large payload is encrypted in place
+        std::size_t take = std::min(n, kFlushAt);
+        if (auto ec = co_await encrypt(s, p, take)) co_return ec;
+        p += take;
+        n -= take;
+        continue;
       }
       std::size_t take = std::min(n, kRecord - staging_.size());
       staging_.insert(staging_.end(), p, p + take);
       p += take;
       n -= take;
       if (staging_.size() == kRecord) {
-        if (auto ec = co_await write_raw(s, staging_.data(), staging_.size())) co_return ec;
+        if (auto ec = co_await encrypt(s, staging_.data(), staging_.size())) co_return ec;
         staging_.clear();
       }
     }
   }
-  if (!staging_.empty()) co_return co_await write_raw(s, staging_.data(), staging_.size());
-  co_return error_code{};
+  if (!staging_.empty())
+    if (auto ec = co_await encrypt(s, staging_.data(), staging_.size())) co_return ec;
+  co_return co_await flush(s);
 }
 
 void TlsStream::close_notify() {
   ERR_clear_error();
   if (SSL_is_init_finished(ssl_.get())) SSL_shutdown(ssl_.get());
   ERR_clear_error();
+  if (!out_.empty()) {  // one try: a peer that does not read misses the alert
+    [[maybe_unused]] auto sent = ::send(SSL_get_fd(ssl_.get()), out_.data(), out_.size(),
+                                        MSG_DONTWAIT | MSG_NOSIGNAL);
+    out_.clear();
+  }
 }
 
 }  // namespace qnbd::server

@@ -35,7 +35,7 @@ def run_fio(w, uri, runtime, out_path):
     moved = job["read"]["io_bytes"] + job["write"]["io_bytes"]
     return {"iops": d["iops"], "mib_s": d["bw_bytes"] / 2**20,
             "p99_us": pct.get("99.000000", 0) / 1000.0, "bytes": moved, "secs": secs,
-            "ios": d["total_ios"]}
+            "ios": d["total_ios"], "client_cpu": job["usr_cpu"] + job["sys_cpu"]}
 
 
 def bs_bytes(bs):

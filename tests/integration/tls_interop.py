@@ -41,6 +41,12 @@ def test_nbdinfo_nbdcopy_x509_unix_and_tcp(tmp):
         src = h.make_sparse_image(os.path.join(tmp, "src.raw"), SIZE, [(h.MiB, 2 * h.MiB)], seed=7)
         h.run(["nbdcopy", src, uri])
         assert h.sha256_file(srv.image) == h.sha256_file(src)
+        # all data, many requests in flight: replies still being sent when
+        # the next requests are read
+        full = h.make_sparse_image(os.path.join(tmp, "full.raw"), SIZE, [(0, SIZE)], seed=9)
+        h.run(["nbdcopy", full, uri])
+        h.run(["nbdcopy", "--requests=16", uri, copy])
+        assert h.sha256_file(copy) == h.sha256_file(full)
         assert "TLSv1.3" in t.log_text(srv), "the debug log names the TLS version"
         assert "kernel TLS send" in t.log_text(srv), "and whether kernel TLS took over"
 
