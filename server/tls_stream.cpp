@@ -148,8 +148,11 @@ awaitable<std::pair<error_code, std::size_t>> TlsStream::drive(Socket& s, Op op)
 awaitable<error_code> TlsStream::accept(Socket& s) {
   SSL* ssl = ssl_.get();
   auto [ec, n] = co_await drive(s, [ssl](std::size_t&) { return SSL_accept(ssl); });
-  // Sent on failure too: the alert tells the client why.
-  if (auto flushed = co_await flush(s); !ec) ec = flushed;
+  if (ec) {
+    send_alert();  // tells the client why
+    co_return ec;
+  }
+  ec = co_await flush(s);
   if (!ec) summarise();
   co_return ec;
 }
@@ -176,9 +179,11 @@ awaitable<std::pair<error_code, std::size_t>> TlsStream::read_some(Socket& s,
   SSL* ssl = ssl_.get();
   auto r = co_await drive(
       s, [ssl, out](std::size_t& n) { return SSL_read_ex(ssl, out.data(), out.size(), &n); });
-  // A read may answer the peer (a TLS 1.3 key update); a failed one may
-  // have queued an alert.
-  if (auto ec = co_await flush(s); ec && !r.first) r = {ec, 0};
+  if (r.first) {
+    send_alert();
+  } else if (auto ec = co_await flush(s)) {  // a read may answer the peer (a key update)
+    r = {ec, 0};
+  }
   co_return r;
 }
 
@@ -238,15 +243,21 @@ awaitable<error_code> TlsStream::write(Socket& s, std::span<const boost::asio::c
   co_return co_await flush(s);
 }
 
+void TlsStream::send_alert() {
+  // One try, never waiting: a connection that failed must not hang on a
+  // peer that does not read. While a flush is sending, the alert stays in
+  // out_ for it (sending now would cut into its records).
+  if (out_.empty() || flushing_) return;
+  [[maybe_unused]] auto sent =
+      ::send(SSL_get_fd(ssl_.get()), out_.data(), out_.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  out_.clear();
+}
+
 void TlsStream::close_notify() {
   ERR_clear_error();
   if (SSL_is_init_finished(ssl_.get())) SSL_shutdown(ssl_.get());
   ERR_clear_error();
-  if (!out_.empty()) {  // one try: a peer that does not read misses the alert
-    [[maybe_unused]] auto sent = ::send(SSL_get_fd(ssl_.get()), out_.data(), out_.size(),
-                                        MSG_DONTWAIT | MSG_NOSIGNAL);
-    out_.clear();
-  }
+  send_alert();
 }
 
 }  // namespace qnbd::server

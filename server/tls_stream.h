@@ -75,6 +75,8 @@ class TlsStream {
   boost::asio::awaitable<error_code> encrypt(Socket& s, const std::byte* p, std::size_t n);
   // Sends the records in out_ (returns at once if another flush is sending).
   boost::asio::awaitable<error_code> flush(Socket& s);
+  // Sends an alert in out_ if the socket takes it at once (failure paths).
+  void send_alert();
   void summarise();
 
   std::shared_ptr<const TlsCredentials> creds_;
