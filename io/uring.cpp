@@ -1,5 +1,6 @@
 #include "io/uring.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/post.hpp>
@@ -8,8 +9,23 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <stdexcept>
 
 namespace qnbd::io {
+
+void require_event_loop() {
+#if defined(BOOST_ASIO_HAS_IO_URING_AS_DEFAULT)
+  io_uring probe;
+  const int r = io_uring_queue_init(1, &probe, 0);
+  if (r < 0)
+    throw std::runtime_error(fmt::format(
+        "io_uring is not available here ({}), and this qnbd's event loop runs on it: allow "
+        "the io_uring syscalls (container seccomp profile, sysctl kernel.io_uring_disabled) "
+        "or build with meson -Dio_uring_loop=false",
+        std::strerror(-r)));
+  io_uring_queue_exit(&probe);
+#endif
+}
 
 Ring::Ring(boost::asio::io_context& ctx, unsigned entries) : ctx_(ctx) {
   int r = io_uring_queue_init(entries, &ring_, 0);

@@ -22,6 +22,12 @@
 
 namespace qnbd::io {
 
+// Throws std::runtime_error naming the remedy when this build's event loop
+// cannot run here: built with the io_uring loop (meson option io_uring_loop),
+// Asio's io_context needs io_uring and would otherwise fail on first use with
+// a bare "io_uring_queue_init: Operation not permitted".
+void require_event_loop();
+
 class Ring {
  public:
   explicit Ring(boost::asio::io_context& ctx, unsigned entries = 256);

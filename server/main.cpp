@@ -133,6 +133,7 @@ boost::asio::awaitable<void> stop(server::Server& srv, server::LiveExports& live
 }
 
 int serve(config::Config cfg, int argc, char** argv) {
+  io::require_event_loop();
   if (cfg.fork) server::daemon::fork_and_wait_for_ready();
   std::signal(SIGPIPE, SIG_IGN);
   boost::asio::io_context ctx(1);

@@ -183,8 +183,9 @@ def test_inflight_memory_bounded(tmp):
         assert grown < bound, f"server buffered {grown // h.MiB} MiB: no back-pressure"
 
 
-def startup_error(argv):
-    p = subprocess.run([h.server_binary()] + argv, capture_output=True, text=True, timeout=30)
+def startup_error(argv, wrapper=()):
+    p = subprocess.run([*wrapper, h.server_binary()] + argv, capture_output=True, text=True,
+                       timeout=30)
     assert p.returncode != 0, f"{argv}: exit 0"
     err = p.stderr.strip()
     assert err, f"{argv}: no message"
@@ -212,7 +213,30 @@ def test_startup_errors(tmp):
     assert not os.path.exists(pid_file)
 
 
+def test_without_io_uring(tmp):
+    """Where io_uring is denied (a container's seccomp profile): the io_uring
+    event loop build refuses to start and names the remedy; the epoll build
+    serves, its file I/O falling back to plain syscalls."""
+    wrapper = [os.environ["QNBD_WITHOUT_IO_URING"]]
+    if os.environ["QNBD_IO_URING_LOOP"] == "true":
+        err = startup_error(["-k", os.path.join(tmp, "s"), "-f", "raw", image(tmp)], wrapper)
+        assert "io_uring is not available" in err and "io_uring_loop=false" in err, err
+        return
+
+    class Denied(h.Server):
+        def argv(self):
+            return wrapper + super().argv()
+    with Denied(tmp, image(tmp)) as srv:
+        c = connect(srv)
+        c.pwrite(h.pattern(7, 8192), 4096)
+        c.flush()
+        assert c.pread(12288, 0) == h.pattern(0, 4096) + h.pattern(7, 8192)
+        c.shutdown()
+    assert "io_uring unavailable" in open(srv.log).read()
+
+
 if __name__ == "__main__":
     h.main([test_max_connections, test_handshake_timeout, test_sigterm_drains,
             test_sigint_drains, test_cache_none_o_direct, test_startup_errors,
-            test_bind_addresses, test_unix_and_tcp_together, test_inflight_memory_bounded])
+            test_bind_addresses, test_unix_and_tcp_together, test_inflight_memory_bounded,
+            test_without_io_uring])
