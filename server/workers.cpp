@@ -19,6 +19,12 @@ Workers::~Workers() { stop(); }
 
 void Workers::start() {
   for (auto& w : workers_) {
+    // Opening an export ran this loop (run_until_done) and, when nothing else
+    // kept it busy (no file ring to watch where io_uring is denied), ran it
+    // dry, which leaves an io_context stopped: run() would return at once and
+    // the export's connections would never be served. Restarted here, before
+    // the thread, so that a stop() right after start() is not undone.
+    w->ctx.restart();
     w->thread = std::thread([ctx = &w->ctx] {
       // Work guard: the loop must outlive idle periods between clients.
       auto guard = boost::asio::make_work_guard(*ctx);
