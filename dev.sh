@@ -6,6 +6,8 @@
 #                    test in both builds; the last line is "N passed, N failed"
 #   ./dev.sh tsan    build with ThreadSanitizer (build-tsan) and run the tests of the
 #                    threaded parts there (tests/meson.build lists them); same last line
+#   ./dev.sh uring   build with the event loops on io_uring (build-uring,
+#                    -Dio_uring_loop=true, release) and run every test there
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -85,9 +87,21 @@ run_tsan() {
   return $status
 }
 
+# Not part of `test` either: the io_uring event loop is an experimental build
+# option (meson_options.txt, bench/README.md).
+run_uring() {
+  install_deps
+  build build-uring --buildtype=release -Dio_uring_loop=true
+  local status=0
+  meson test -C build-uring --print-errorlogs --num-processes 2 || status=1
+  /usr/bin/python3 tests/summarize.py build-uring/meson-logs/testlog.json || status=1
+  return $status
+}
+
 case "${1:-}" in
   serve) serve ;;
   test) run_tests ;;
   tsan) run_tsan ;;
-  *) echo "usage: $0 serve|test|tsan" >&2; exit 2 ;;
+  uring) run_uring ;;
+  *) echo "usage: $0 serve|test|tsan|uring" >&2; exit 2 ;;
 esac

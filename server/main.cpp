@@ -136,10 +136,24 @@ int serve(config::Config cfg, int argc, char** argv) {
   io::require_event_loop();
   if (cfg.fork) server::daemon::fork_and_wait_for_ready();
   std::signal(SIGPIPE, SIG_IGN);
-  boost::asio::io_context ctx(1);
+  // The event loops live until the process exits, never destroyed. Boost
+  // 1.81's io_uring backend keeps an operation whose socket was closed in the
+  // socket's freed slot until the cancellation's completion comes back; a
+  // loop destroyed before that destroys the operation's handler (a coroutine
+  // frame owning a socket) after the socket service is gone (ASan:
+  // heap-use-after-free at exit). By then the clients are drained and the
+  // exports closed, their caches written back.
+  static auto* const main_loop = new boost::asio::io_context(1);
+  boost::asio::io_context& ctx = *main_loop;
   // Not capped by the number of exports: several connections to one export
   // are spread over the workers (see server/workers.h).
-  server::Workers workers(cfg.workers ? cfg.workers : server::default_worker_count());
+  static auto* const worker_loops =
+      new server::Workers(cfg.workers ? cfg.workers : server::default_worker_count());
+  server::Workers& workers = *worker_loops;
+  struct StopOnExit {  // also when start-up throws: no worker thread outlives serve()
+    server::Workers& w;
+    ~StopOnExit() { w.stop(); }
+  } stop_workers{workers};
   server::LiveExports live(ctx, workers);
   live.open_initial(cfg.exports);
   workers.start();
