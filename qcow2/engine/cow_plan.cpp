@@ -155,7 +155,7 @@ task<> CowPlan::fill(ReadFn read) {
 
 std::vector<task<>> CowPlan::writes(io::File& file, std::span<const std::byte> data) {
   const std::uint64_t hs = hull_start();
-  auto add_part = [&](std::vector<iovec>& v, std::uint64_t from, std::uint64_t to) {
+  auto add_part = [&](auto& v, std::uint64_t from, std::uint64_t to) {
     // [from, to) in guest space, cut along head | data | tail.
     auto piece = [&](std::uint64_t a, std::uint64_t b, const std::byte* base,
                      std::uint64_t origin) {
@@ -176,9 +176,7 @@ std::vector<task<>> CowPlan::writes(io::File& file, std::span<const std::byte> d
            clusters_[j + 1].host == clusters_[j].host + g_.cluster_size())
       ++j;
     const ClusterPlan& b = clusters_[j];
-    std::vector<iovec> v;
-    add_part(v, a.guest + a.span_start, b.guest + b.span_end);
-    iovs_.push_back(std::move(v));
+    add_part(iovs_.emplace_back(), a.guest + a.span_start, b.guest + b.span_end);
     io.push_back(file.writev_at(a.host + a.span_start, iovs_.back()));
     i = j + 1;
   }

@@ -13,6 +13,8 @@
 #include "qcow2/engine/refcounts.h"
 #include "qcow2/format/entries.h"
 
+#include <boost/container/small_vector.hpp>
+
 #include <functional>
 #include <span>
 #include <vector>
@@ -48,7 +50,7 @@ class CowPlan {
   std::uint64_t new_clusters() const;
   // Gives the replaced clusters their new host clusters, in order.
   void assign_hosts(const std::vector<HostRun>& runs);
-  const std::vector<ClusterPlan>& clusters() const { return clusters_; }
+  std::span<const ClusterPlan> clusters() const { return clusters_; }
   // Marks fresh new clusters whose old contents `reads_zero` as blank: their
   // fill is neither read nor written. Call after assign_hosts.
   void skip_blank_fill(const std::function<bool(const ClusterPlan&)>& reads_zero);
@@ -66,14 +68,16 @@ class CowPlan {
   format::Geometry g_;
   std::uint64_t offset_, end_;
   std::uint64_t first_, last_;
-  std::vector<ClusterPlan> clusters_;
+  // Inline storage for the common write of one or two clusters: planning
+  // and writing it allocate nothing here.
+  boost::container::small_vector<ClusterPlan, 2> clusters_;
   // The fill, read into one aligned buffer (no bounce under O_DIRECT) that
   // is never zeroed first (the read writes every byte; nothing is written
   // unless it succeeded): head_ and tail_ point into it, so the merged read
   // needs no copying either.
   io::AlignedBytes fill_;
   std::span<std::byte> head_, tail_;
-  std::vector<std::vector<iovec>> iovs_;
+  boost::container::small_vector<boost::container::small_vector<iovec, 3>, 2> iovs_;
 };
 
 }  // namespace qnbd::qcow2

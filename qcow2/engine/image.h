@@ -200,7 +200,7 @@ class Image {
   // ---- writes (write.cpp)
   task<> write_piece(std::uint64_t offset, std::span<const std::byte> buf);
   task<> write_in_place(std::uint64_t offset, std::span<const std::byte> buf,
-                        const std::vector<std::uint64_t>& hosts);
+                        std::span<const std::uint64_t> hosts);
   task<> write_allocating(std::uint64_t offset, std::span<const std::byte> buf);
   // Under the metadata lock: an L2 table of our own (COPIED) for `guest`.
   task<std::shared_ptr<Table>> writable_l2(std::uint64_t guest);

@@ -11,6 +11,7 @@
 #include "qcow2/engine/cow_plan.h"
 #include "qcow2/engine/image.h"
 
+#include <boost/container/small_vector.hpp>
 #include <spdlog/spdlog.h>
 
 namespace qnbd::qcow2 {
@@ -52,7 +53,8 @@ task<> Image::write_piece(std::uint64_t offset, std::span<const std::byte> buf) 
     if (!table) co_return table.error();
     const std::uint64_t l1e = l1_[g_.l1_index(offset)];
     if (*table && l1_l2_offset(l1e) != (*table)->offset) continue;  // L1 changed meanwhile
-    std::vector<std::uint64_t> hosts;
+    // Inline: a piece is one or two clusters almost always (no allocation).
+    boost::container::small_vector<std::uint64_t, 4> hosts;
     bool in_place = *table && l1_copied(l1e);
     for (std::uint64_t c = c0; in_place && c <= c1; ++c) {
       const std::uint64_t from = std::max(offset, c << g_.cluster_bits());
@@ -76,7 +78,7 @@ task<> Image::write_piece(std::uint64_t offset, std::span<const std::byte> buf) 
 }
 
 task<> Image::write_in_place(std::uint64_t offset, std::span<const std::byte> buf,
-                             const std::vector<std::uint64_t>& hosts) {
+                             std::span<const std::uint64_t> hosts) {
   std::vector<task<>> io;
   std::uint64_t pos = offset;
   const std::uint64_t end = offset + buf.size();
