@@ -11,6 +11,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/dispatch.hpp>
 
+#include "common/frame_pool.h"
 #include "io/completion.h"
 
 #include <liburing.h>
@@ -72,6 +73,10 @@ class Ring {
   template <class H>
   struct Op : Completion {
     explicit Op(H&& h) : handler(std::move(h)) { complete = &Op::done; }
+    // From the pool the coroutine frames use: one Op per operation of the
+    // general request path, which would otherwise be a malloc each.
+    static void* operator new(std::size_t n) { return frame_pool::allocate(n); }
+    static void operator delete(void* p, std::size_t n) { frame_pool::release(p, n); }
     H handler;
     static void done(Completion* base, int res) {
       auto* self = static_cast<Op*>(base);

@@ -110,7 +110,7 @@ const qcow2::MapRun& ImageChain::run_at(Layer& l, std::uint64_t offset) {
     if (!runs)
       throw Fatal(fmt::format("{}: cannot map guest offset {}: {}", l.path, offset,
                               runs.error().message()));
-    l.runs = std::move(*runs);
+    l.runs.assign(runs->begin(), runs->end());
   }
   auto after =
       std::upper_bound(l.runs.begin(), l.runs.end(), offset,

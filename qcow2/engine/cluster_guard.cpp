@@ -71,7 +71,7 @@ task<> ClusterGuard::unlink_table(std::uint64_t host) {
       host, 1, kAny, [] { return std::string("shared L2 table, about to be replaced by a copy"); });
 }
 
-void ClusterGuard::given_out(const std::vector<HostRun>& runs) {
+void ClusterGuard::given_out(std::span<const HostRun> runs) {
   for (const HostRun& r : runs) {
     if (r.fresh) {
       fresh_from_ = std::min(fresh_from_, g_.cluster_index(r.offset));

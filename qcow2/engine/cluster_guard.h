@@ -33,6 +33,7 @@
 
 #include <functional>
 #include <limits>
+#include <span>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -73,7 +74,7 @@ class ClusterGuard {
   // since a cluster there was either given out or past EOF when opened (the
   // table at the old EOF mapping a cluster past it, which a write was then
   // given: tests/fuzz/corpus/fuzz_qcow2_open/regress-table-maps-past-eof).
-  void given_out(const std::vector<HostRun>& runs);
+  void given_out(std::span<const HostRun> runs);
   // An L2 table the engine made itself: its entries are checked already.
   void table_is_ours(std::uint64_t offset) { checked_tables_.insert(offset); }
   // Every cluster an active L2 table maps, the first time the table is used

@@ -7,15 +7,20 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/container/small_vector.hpp>
 
 #include <memory>
 #include <vector>
 
 namespace qnbd::qcow2 {
 
+// Tasks to run together; most requests have one (one extent), which then
+// needs no allocation.
+using Tasks = boost::container::small_vector<task<>, 2>;
+
 // Runs every task concurrently on the current executor and waits for all;
 // the first error (if any) is returned after all have finished.
-inline task<> run_parallel(std::vector<task<>> tasks) {
+inline task<> run_parallel(Tasks tasks) {
   if (tasks.empty()) co_return result<>{};
   if (tasks.size() == 1) co_return co_await std::move(tasks.front());
   struct State {

@@ -92,7 +92,7 @@ std::uint64_t CowPlan::new_clusters() const {
       std::count_if(clusters_.begin(), clusters_.end(), [](auto& p) { return !p.keep; }));
 }
 
-void CowPlan::assign_hosts(const std::vector<HostRun>& runs) {
+void CowPlan::assign_hosts(std::span<const HostRun> runs) {
   std::size_t run = 0;
   std::uint64_t k = 0;
   for (ClusterPlan& p : clusters_) {
@@ -129,11 +129,12 @@ std::uint64_t CowPlan::hull_end() const {
   return clusters_.back().guest + clusters_.back().span_end;
 }
 
-task<> CowPlan::fill(ReadFn read) {
+task<> CowPlan::fill(ReadFn read, io::BufferCache& buffers) {
   const std::uint64_t hs = hull_start(), he = hull_end();
   const std::uint64_t head = offset_ - hs, tail = he - end_;
+  if (!head && !tail) co_return result<>{};  // blank clusters, or whole ones
   if (head && tail && end_ - offset_ <= std::max(kMergeGap, g_.cluster_size())) {
-    fill_ = io::AlignedBytes(he - hs);
+    fill_ = buffers.take(he - hs);
     const std::span<std::byte> all = fill_.span();
     if (auto r = co_await read(hs, all); !r) co_return r;
     head_ = all.first(head);
@@ -144,16 +145,16 @@ task<> CowPlan::fill(ReadFn read) {
   // aligned (head and tail are whole blocks when the request is).
   const std::uint64_t head_cap =
       (head + io::kDirectAlign - 1) / io::kDirectAlign * io::kDirectAlign;
-  fill_ = io::AlignedBytes(head_cap + tail);
+  fill_ = buffers.take(head_cap + tail);
   head_ = fill_.span().first(head);
   tail_ = fill_.span().subspan(head_cap, tail);
-  std::vector<task<>> reads;
+  Tasks reads;
   if (head) reads.push_back(read(hs, head_));
   if (tail) reads.push_back(read(end_, tail_));
   co_return co_await run_parallel(std::move(reads));
 }
 
-std::vector<task<>> CowPlan::writes(io::File& file, std::span<const std::byte> data) {
+Tasks CowPlan::writes(io::File& file, std::span<const std::byte> data) {
   const std::uint64_t hs = hull_start();
   auto add_part = [&](auto& v, std::uint64_t from, std::uint64_t to) {
     // [from, to) in guest space, cut along head | data | tail.
@@ -166,7 +167,7 @@ std::vector<task<>> CowPlan::writes(io::File& file, std::span<const std::byte> d
     piece(offset_, end_, data.data(), offset_);
     piece(end_, end_ + tail_.size(), tail_.data(), end_);
   };
-  std::vector<task<>> io;
+  Tasks io;
   iovs_.reserve(clusters_.size());
   for (std::size_t i = 0; i < clusters_.size();) {
     const ClusterPlan& a = clusters_[i];

@@ -8,8 +8,9 @@
 #pragma once
 
 #include "common/task.h"
-#include "io/aligned_bytes.h"
+#include "io/buffer_cache.h"
 #include "io/file.h"
+#include "qcow2/engine/coro_sync.h"
 #include "qcow2/engine/refcounts.h"
 #include "qcow2/format/entries.h"
 
@@ -49,7 +50,7 @@ class CowPlan {
   bool add_cluster(const format::L2Entry& e);
   std::uint64_t new_clusters() const;
   // Gives the replaced clusters their new host clusters, in order.
-  void assign_hosts(const std::vector<HostRun>& runs);
+  void assign_hosts(std::span<const HostRun> runs);
   std::span<const ClusterPlan> clusters() const { return clusters_; }
   // Marks fresh new clusters whose old contents `reads_zero` as blank: their
   // fill is neither read nor written. Call after assign_hosts.
@@ -59,10 +60,11 @@ class CowPlan {
   std::uint64_t hull_start() const;
   std::uint64_t hull_end() const;
   // Reads the fill around the data through `read` (what the guest range
-  // reads as now): one read when head and tail are close, else two.
-  task<> fill(ReadFn read);
+  // reads as now): one read when head and tail are close, else two, into a
+  // buffer from `buffers` that goes back there with the plan.
+  task<> fill(ReadFn read, io::BufferCache& buffers);
   // One write per host-contiguous extent. The plan must outlive the tasks.
-  std::vector<task<>> writes(io::File& file, std::span<const std::byte> data);
+  Tasks writes(io::File& file, std::span<const std::byte> data);
 
  private:
   format::Geometry g_;
@@ -75,7 +77,7 @@ class CowPlan {
   // is never zeroed first (the read writes every byte; nothing is written
   // unless it succeeded): head_ and tail_ point into it, so the merged read
   // needs no copying either.
-  io::AlignedBytes fill_;
+  io::BufferCache::Lease fill_;
   std::span<std::byte> head_, tail_;
   boost::container::small_vector<boost::container::small_vector<iovec, 3>, 2> iovs_;
 };

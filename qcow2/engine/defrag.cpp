@@ -114,7 +114,8 @@ task<std::vector<Defragmenter::Move>> Defragmenter::begin_moves(const std::vecto
     auto ok = co_await img_.refcounts_.allocate_at(s.to);
     if (ok.has_error()) co_return img_.alloc_error(ok.error());
     if (!*ok) continue;  // taken since the plan
-    img_.guard_.given_out({{s.to << g.cluster_bits(), 1, false}});
+    const HostRun to{s.to << g.cluster_bits(), 1, false};
+    img_.guard_.given_out({&to, 1});
     moves.push_back(Move{s, std::move(claim)});
   }
   co_return moves;
@@ -124,7 +125,7 @@ task<std::vector<Defragmenter::Move>> Defragmenter::begin_moves(const std::vecto
 // are copied as one run.
 task<> Defragmenter::copy_data(const std::vector<Move>& moves) {
   const unsigned bits = img_.g_.cluster_bits();
-  std::vector<task<>> io;
+  Tasks io;
   for (std::size_t i = 0; i < moves.size();) {
     const Step& s = moves[i].step;
     if (s.kind != ItemKind::Data) {

@@ -25,6 +25,7 @@ Image::Image(std::unique_ptr<io::File> file, Header header, std::vector<std::uin
       header_(std::move(header)),
       g_(header_.geometry()),
       growth_(*file_, cfg.name, header_.size, g_.cluster_size()),
+      fill_buffers_(g_.cluster_size()),
       l1_(std::move(l1)),
       backing_(std::move(backing)),
       backing_size_(backing_ ? backing_->size() : 0),

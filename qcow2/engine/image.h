@@ -27,6 +27,7 @@
 #pragma once
 
 #include "backend/block_backend.h"
+#include "io/buffer_cache.h"
 #include "io/file.h"
 #include "io/file_growth.h"
 #include "qcow2/engine/bitmaps.h"
@@ -40,8 +41,11 @@
 #include "qcow2/format/entries.h"
 #include "qcow2/format/header.h"
 
+#include <boost/container/small_vector.hpp>
+
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -57,6 +61,8 @@ struct MapRun {
   format::L2Entry entry{};   // Compressed: the L2 entry
   bool unallocated = false;  // Zero: allocated in no layer (no backing file)
 };
+// A request inside one cluster or two maps to one or two runs, held inline.
+using MapRuns = boost::container::small_vector<MapRun, 2>;
 
 // Host offset of the cluster of entry `e` if guest bytes [from, to) of it
 // may be written in place (ours: OFLAG_COPIED, allocated data), else 0.
@@ -147,7 +153,7 @@ class Image {
   }
 
   // Mapping of [offset, offset+length), merged into runs (exposed for tests).
-  task<std::vector<MapRun>> map_range(std::uint64_t offset, std::uint64_t length);
+  task<MapRuns> map_range(std::uint64_t offset, std::uint64_t length);
 
   // Persistent bitmaps: recorded while serving, stored at close. Changes
   // through bitmaps() (qnbd-img bitmap) are stored at close too.
@@ -193,7 +199,7 @@ class Image {
   std::vector<std::unique_ptr<FastHold>> fast_holds_;
 
   // ---- reads (read.cpp)
-  task<> read_runs(const std::vector<MapRun>& runs, std::uint64_t base, std::span<std::byte> buf);
+  task<> read_runs(std::span<const MapRun> runs, std::uint64_t base, std::span<std::byte> buf);
   task<> read_backing(std::uint64_t guest, std::span<std::byte> buf);
   task<> read_compressed(format::L2Entry e, std::uint64_t guest, std::span<std::byte> buf);
 
@@ -228,6 +234,8 @@ class Image {
   format::Header header_;
   format::Geometry g_;
   io::FileGrowth growth_;
+  // Copy-on-write fills of allocating writes (CowPlan::fill).
+  io::BufferCache fill_buffers_;
   std::vector<std::uint64_t> l1_;
   std::set<std::uint64_t> l1_dirty_;
   std::unique_ptr<BlockBackend> backing_;

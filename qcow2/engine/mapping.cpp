@@ -58,8 +58,8 @@ result<MapKind> Image::classify(const L2Entry& e, unsigned sc, std::uint64_t& ho
   return make_error_code(errc::corrupt_image);
 }
 
-task<std::vector<MapRun>> Image::map_range(std::uint64_t offset, std::uint64_t length) {
-  std::vector<MapRun> runs;
+task<MapRuns> Image::map_range(std::uint64_t offset, std::uint64_t length) {
+  MapRuns runs;
   auto add = [&](MapRun r) {
     if (!runs.empty()) {
       MapRun& p = runs.back();

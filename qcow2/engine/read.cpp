@@ -19,9 +19,9 @@ task<> Image::read(std::uint64_t offset, std::span<std::byte> buf) {
   co_return co_await read_runs(*runs, offset, buf);
 }
 
-task<> Image::read_runs(const std::vector<MapRun>& runs, std::uint64_t base,
+task<> Image::read_runs(std::span<const MapRun> runs, std::uint64_t base,
                         std::span<std::byte> buf) {
-  std::vector<task<>> io;
+  Tasks io;
   for (const MapRun& r : runs) {
     auto part = buf.subspan(r.guest - base, r.length);
     switch (r.kind) {

@@ -136,8 +136,8 @@ task<std::uint64_t> Refcounts::find_free(std::uint64_t from, std::uint64_t n, Av
   co_return start;
 }
 
-task<std::vector<HostRun>> Refcounts::allocate(std::uint64_t n) {
-  std::vector<HostRun> runs;
+task<HostRuns> Refcounts::allocate(std::uint64_t n) {
+  HostRuns runs;
   while (n) {
     auto c = co_await find_free(free_index_, 1, {});
     if (!c) co_return c.error();

@@ -20,6 +20,8 @@
 #include "qcow2/format/entries.h"
 #include "qcow2/format/geometry.h"
 
+#include <boost/container/small_vector.hpp>
+
 #include <algorithm>
 #include <cstdint>
 #include <optional>
@@ -34,6 +36,8 @@ struct HostRun {
   // has a hole there, so it reads as zeros without being written.
   bool fresh = false;
 };
+// Most allocations are of one cluster, or of clusters in one run.
+using HostRuns = boost::container::small_vector<HostRun, 1>;
 
 class Refcounts {
  public:
@@ -48,7 +52,7 @@ class Refcounts {
   // Adds `delta` (may be negative) to a cluster's refcount, now.
   task<> update(std::uint64_t cluster, std::int64_t delta);
   // Allocates n clusters with refcount 1, lowest free first.
-  task<std::vector<HostRun>> allocate(std::uint64_t n);
+  task<HostRuns> allocate(std::uint64_t n);
   // Allocates n adjacent clusters with refcount 1 (tables that must be
   // contiguous, e.g. a bitmap table); returns the first one's offset.
   task<std::uint64_t> allocate_contiguous(std::uint64_t n);

@@ -95,7 +95,7 @@ task<> TableCache::write_dirty() {
   auto last = [&](const Table& t) {
     return std::min(table_size_, (t.dirty_to + block - 1) / block * block);
   };
-  std::vector<task<>> writes;
+  Tasks writes;
   std::vector<std::vector<iovec>> iovs;
   iovs.reserve(dirty.size());
   for (std::size_t i = 0; i < dirty.size();) {

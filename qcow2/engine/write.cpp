@@ -79,7 +79,7 @@ task<> Image::write_piece(std::uint64_t offset, std::span<const std::byte> buf) 
 
 task<> Image::write_in_place(std::uint64_t offset, std::span<const std::byte> buf,
                              std::span<const std::uint64_t> hosts) {
-  std::vector<task<>> io;
+  Tasks io;
   std::uint64_t pos = offset;
   const std::uint64_t end = offset + buf.size();
   std::size_t i = 0;
@@ -159,7 +159,7 @@ task<> Image::write_allocating(std::uint64_t offset, std::span<const std::byte> 
   // Phase 2, no lock: one read of what the filled parts read as now, one
   // write of old + new data per host extent.
   auto r = co_await plan.fill(
-      [this](std::uint64_t off, std::span<std::byte> b) { return read(off, b); });
+      [this](std::uint64_t off, std::span<std::byte> b) { return read(off, b); }, fill_buffers_);
   if (r) r = co_await run_parallel(plan.writes(*file_, buf));
 
   // Phase 3, under the lock: link the L2 entries (or give the clusters back).

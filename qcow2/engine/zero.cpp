@@ -12,7 +12,7 @@ using namespace format;
 
 namespace {
 
-bool all_zero(const std::vector<MapRun>& runs) {
+bool all_zero(std::span<const MapRun> runs) {
   return std::all_of(runs.begin(), runs.end(), [](auto& r) { return r.kind == MapKind::Zero; });
 }
 
