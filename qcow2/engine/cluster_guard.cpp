@@ -83,7 +83,20 @@ void ClusterGuard::given_out(std::span<const HostRun> runs) {
 }
 
 task<> ClusterGuard::first_use(const Table& t, std::uint64_t guest_base) {
+  // One walk per table: requests that find it under way wait for it (at QD32
+  // every request for a new table came here while the first walked, and each
+  // walked all its entries again), then pass if it did, or walk themselves.
+  while (checking_.count(t.offset)) co_await walked_.wait();
   if (checked_tables_.count(t.offset)) co_return result<>{};
+  checking_.insert(t.offset);
+  auto r = co_await walk_table(t, guest_base);
+  checking_.erase(t.offset);
+  if (r) checked_tables_.insert(t.offset);
+  walked_.notify_all();
+  co_return r;
+}
+
+task<> ClusterGuard::walk_table(const Table& t, std::uint64_t guest_base) {
   for (std::uint64_t i = 0; i < g_.l2_entries(); ++i) {
     const L2Entry e = load_l2(g_, t.data.data(), i);
     if (!e.entry) continue;
@@ -99,7 +112,6 @@ task<> ClusterGuard::first_use(const Table& t, std::uint64_t guest_base) {
       refcounts_.note_used(g_.cluster_index(c));
     }
   }
-  checked_tables_.insert(t.offset);
   co_return result<>{};
 }
 

@@ -25,6 +25,7 @@
 #pragma once
 
 #include "common/task.h"
+#include "common/wait_queue.h"
 #include "qcow2/engine/overlap.h"
 #include "qcow2/engine/refcounts.h"
 #include "qcow2/engine/table_cache.h"
@@ -89,6 +90,8 @@ class ClusterGuard {
   task<> expect_refcount(std::uint64_t host, std::uint64_t lo, std::uint64_t hi, const What& what);
   // A data cluster that loses or keeps a reference: not metadata, refcount >= 1.
   task<> referenced_data(std::uint64_t host, const What& what);
+  // first_use's walk over every entry of the table.
+  task<> walk_table(const Table& t, std::uint64_t guest_base);
   // Host clusters (offsets) an L2 entry maps; none for invalid entries.
   std::vector<std::uint64_t> data_clusters(const format::L2Entry& e) const;
 
@@ -99,6 +102,8 @@ class ClusterGuard {
   std::unordered_set<std::uint64_t> given_out_;                           // cluster indexes
   std::uint64_t fresh_from_ = std::numeric_limits<std::uint64_t>::max();  // cluster index
   std::unordered_set<std::uint64_t> checked_tables_;
+  std::unordered_set<std::uint64_t> checking_;  // tables first_use walks now
+  WaitQueue walked_;                            // woken when a walk ends
 };
 
 }  // namespace qnbd::qcow2

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <optional>
 
 using namespace qnbd;
 using namespace qnbd::qcow2;
@@ -162,6 +163,37 @@ TEST_CASE("cluster guard: discarding a cluster that holds metadata is refused") 
   Fixture again;
   again.open(f.file->contents());
   for (unsigned i : {2u, 3u}) CHECK(again.read(i * kCs, kCs) == pattern(kCs, 0x10 + i));
+}
+
+TEST_CASE("cluster guard: requests meeting a table's first check under way get its verdict") {
+  // The first use of a table on a writable image walks all its entries; the
+  // requests that arrive meanwhile wait for that walk instead of repeating
+  // it, and must not take a failed walk for a pass.
+  for (const bool damaged : {false, true}) {
+    CAPTURE(damaged);
+    auto w = written_image(4);
+    if (damaged) set_refcount_of(w.bytes, w.hosts[2], 0);
+    Fixture f;
+    f.open(w.bytes);
+    std::vector<std::vector<std::byte>> bufs(4, std::vector<std::byte>(kCs));
+    std::vector<std::optional<result<>>> got(4);
+    for (unsigned i = 0; i < 4; ++i)
+      boost::asio::co_spawn(f.ctx, f.image->read(i * kCs, bufs[i]),
+                            [&got, i](std::exception_ptr, result<> r) { got[i] = r; });
+    f.ctx.restart();
+    f.ctx.run();
+    for (unsigned i = 0; i < 4; ++i) {
+      CAPTURE(i);
+      REQUIRE(got[i]);
+      if (damaged) {
+        REQUIRE_FALSE(*got[i]);
+        CHECK(got[i]->error() == make_error_code(errc::corrupt_image));
+      } else {
+        REQUIRE(*got[i]);
+        CHECK(bufs[i] == pattern(kCs, 0x10 + i));
+      }
+    }
+  }
 }
 
 TEST_CASE("cluster guard: a consistent image with a shared cluster writes normally") {
