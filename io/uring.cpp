@@ -8,18 +8,10 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstring>
 #include <stdexcept>
 
 namespace qnbd::io {
-namespace {
-
-// A QD1 request's file operation: a 4 KiB O_DIRECT read takes 50-250 us on
-// this project's test machine, a page-cache one a few.
-constexpr std::chrono::nanoseconds kLoneWait = std::chrono::microseconds(200);
-
-}  // namespace
 
 void require_event_loop() {
 #if defined(BOOST_ASIO_HAS_IO_URING_AS_DEFAULT)
@@ -73,34 +65,8 @@ void Ring::schedule_submit() {
   submit_pending_ = true;
   boost::asio::post(ctx_, [this] {
     submit_pending_ = false;
-    submit_queued();
-  });
-}
-
-// A lone operation (the only one of this loop in flight, as at QD1) is
-// waited for here, on the loop's thread, in the io_uring_enter that submits
-// it, for kLoneWait at most: through the eventfd it would cost an epoll_wait,
-// the eventfd read and the re-arm's epoll_ctl besides, three of a QD1
-// request's ten syscalls, and a wake-up. The loop has nothing else of ours in
-// flight; what the wait delays is a request of another connection arriving
-// meanwhile, by kLoneWait at most (a large write or a slow disk then goes
-// the eventfd's way, and requests behind it are received while it runs). The
-// eventfd is off during the wait, so a completion there does not wake the
-// loop again. The bounded wait needs IORING_FEAT_EXT_ARG (Linux 5.11).
-void Ring::submit_queued() {
-  const bool lone = in_flight_ == 1 && io_uring_sq_ready(&ring_) == 1 &&
-                    (ring_.features & IORING_FEAT_EXT_ARG);
-  if (!lone || io_uring_cq_eventfd_toggle(&ring_, false) < 0) {
     io_uring_submit(&ring_);
-    return;
-  }
-  __kernel_timespec budget{0, kLoneWait.count()};
-  io_uring_cqe* cqe = nullptr;
-  io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &budget, nullptr);
-  if (io_uring_sq_ready(&ring_)) io_uring_submit(&ring_);  // interrupted before submitting
-  io_uring_cq_eventfd_toggle(&ring_, true);
-  // What completed while the eventfd was off; later completions signal it.
-  reap();
+  });
 }
 
 void Ring::arm() {
@@ -120,10 +86,7 @@ void Ring::reap() {
     auto* op = static_cast<Completion*>(io_uring_cqe_get_data(cqe));
     int res = cqe->res;
     io_uring_cqe_seen(&ring_, cqe);
-    if (op) {
-      --in_flight_;
-      op->complete(op, res);
-    }
+    if (op) op->complete(op, res);
   }
 }
 

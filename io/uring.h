@@ -54,7 +54,6 @@ class Ring {
     }
     prep(sqe);
     io_uring_sqe_set_data(sqe, c);
-    ++in_flight_;
     schedule_submit();
   }
 
@@ -91,7 +90,6 @@ class Ring {
   // A free SQE, flushing the queue once if it is full; null if still none.
   io_uring_sqe* get_sqe();
   void schedule_submit();
-  void submit_queued();
   void arm();
   void reap();
 
@@ -99,7 +97,6 @@ class Ring {
   io_uring ring_{};
   bool ok_ = false;
   bool submit_pending_ = false;
-  std::size_t in_flight_ = 0;  // queued or submitted, not completed
   int efd_ = -1;
   std::unique_ptr<boost::asio::posix::stream_descriptor> watcher_;
 };
