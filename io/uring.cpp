@@ -80,7 +80,19 @@ void Ring::arm() {
                        });
 }
 
+namespace {
+// The ring whose reap() runs on this thread, if any.
+thread_local Ring* reaping = nullptr;
+}  // namespace
+
+bool Ring::after_completions(Completion* c) {
+  if (!reaping) return false;
+  reaping->after_.push_back(c);
+  return true;
+}
+
 void Ring::reap() {
+  Ring* outer = std::exchange(reaping, this);
   io_uring_cqe* cqe = nullptr;
   while (io_uring_peek_cqe(&ring_, &cqe) == 0 && cqe) {
     auto* op = static_cast<Completion*>(io_uring_cqe_get_data(cqe));
@@ -88,6 +100,10 @@ void Ring::reap() {
     io_uring_cqe_seen(&ring_, cqe);
     if (op) op->complete(op, res);
   }
+  // By index: a callback may add another.
+  for (std::size_t i = 0; i < after_.size(); ++i) after_[i]->complete(after_[i], 0);
+  after_.clear();
+  reaping = outer;
 }
 
 }  // namespace qnbd::io

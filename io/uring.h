@@ -20,6 +20,7 @@
 
 #include <memory>
 #include <utility>
+#include <vector>
 
 namespace qnbd::io {
 
@@ -56,6 +57,13 @@ class Ring {
     io_uring_sqe_set_data(sqe, c);
     schedule_submit();
   }
+
+  // Calls `c` (res 0) once the completions this thread's ring is delivering
+  // have all run, so that their effects can be gathered (one send for the
+  // replies of all of them). False when no ring is delivering completions on
+  // this thread; the caller then finds another way (a post). `c` must stay
+  // alive until called.
+  static bool after_completions(Completion* c);
 
   // Runs one operation; `prep` fills the SQE. Completes with the CQE result
   // (negative errno on failure).
@@ -99,6 +107,7 @@ class Ring {
   bool submit_pending_ = false;
   int efd_ = -1;
   std::unique_ptr<boost::asio::posix::stream_descriptor> watcher_;
+  std::vector<Completion*> after_;  // for after_completions, kept for its capacity
 };
 
 }  // namespace qnbd::io

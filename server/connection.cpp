@@ -6,7 +6,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <cstring>
 
 namespace qnbd::server {
@@ -89,6 +94,25 @@ boost::asio::awaitable<error_code> Connection::write_all(
 boost::asio::awaitable<error_code> Connection::write_all(std::span<const std::byte> bytes) {
   const boost::asio::const_buffer one(bytes.data(), bytes.size());
   co_return co_await write_all(std::span(&one, 1));
+}
+
+result<std::size_t> Connection::try_write(std::span<const boost::asio::const_buffer> bufs) {
+  if (tls_) return std::size_t{0};
+  // The first IOV_MAX buffers at most; the caller sends the rest later.
+  std::array<iovec, IOV_MAX> iov;
+  const std::size_t n = std::min(bufs.size(), iov.size());
+  for (std::size_t i = 0; i < n; ++i)
+    iov[i] = {const_cast<void*>(bufs[i].data()), bufs[i].size()};
+  msghdr msg{};
+  msg.msg_iov = iov.data();
+  msg.msg_iovlen = n;
+  for (;;) {
+    const ssize_t sent = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent >= 0) return static_cast<std::size_t>(sent);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return std::size_t{0};
+    return last_errno();
+  }
 }
 
 void Connection::shutdown_receive() {

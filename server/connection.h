@@ -44,6 +44,10 @@ class Connection {
   boost::asio::awaitable<error_code> skip(std::size_t n);
   boost::asio::awaitable<error_code> write_all(std::span<const boost::asio::const_buffer> bufs);
   boost::asio::awaitable<error_code> write_all(std::span<const std::byte> bytes);
+  // Sends what the socket takes at once of `bufs`, without waiting, and
+  // returns the number of bytes sent (0 when it would block). Over TLS it
+  // sends nothing: records go through write_all.
+  result<std::size_t> try_write(std::span<const boost::asio::const_buffer> bufs);
 
   // NBD_OPT_STARTTLS, after its ACK: drops every byte received so far (sent
   // in the clear after the option, so never to be read as if protected:

@@ -1,5 +1,7 @@
 #include "server/session.h"
 
+#include "io/uring.h"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -33,6 +35,10 @@ Session::Session(Connection conn, Negotiated neg, SessionLimits limits, SessionP
   lim_.can_cache = e.caps.cache;
   lim_.can_fast_zero = e.caps.fast_zero;
   lim_.min_block = e.caps.min_block;
+  flush_hook_.session = this;
+  flush_hook_.complete = [](io::Completion* c, int) {
+    static_cast<FlushHook*>(c)->session->flush_replies();
+  };
 }
 
 awaitable<void> Session::wait_until(auto pred) {
@@ -80,10 +86,11 @@ awaitable<void> Session::run() {
     const std::size_t budget = (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_READ)
                                    ? std::min<std::size_t>(req->length, kMaxPayload)
                                    : 0;
-    co_await wait_until([&] {
+    const auto admitted = [&] {
       return broken_ || (inflight_ < limits_.max_requests &&
                          (inflight_bytes_ == 0 || inflight_bytes_ + budget <= limits_.max_bytes));
-    });
+    };
+    if (!admitted()) co_await wait_until(admitted);  // no coroutine frame when admitted at once
     if (broken_) break;
     ++inflight_;
     inflight_bytes_ += budget;
@@ -155,33 +162,79 @@ void Session::send(Reply r) {
   queue_.push_back(std::move(r));
   if (!writing_) {
     writing_ = true;
-    boost::asio::co_spawn(conn_.socket().get_executor(), write_replies(shared_from_this()),
-                          boost::asio::detached);
+    // Once the replies of the completions at hand (or of this loop turn)
+    // are queued. The session outlives the hook: queued replies hold
+    // inflight_ above 0, which keeps run() from ending.
+    if (!io::Ring::after_completions(&flush_hook_))
+      boost::asio::post(conn_.socket().get_executor(),
+                        [self = shared_from_this()] { self->flush_replies(); });
   }
 }
 
-awaitable<void> Session::write_replies(std::shared_ptr<Session>) {
-  while (!queue_.empty() && !broken_) {
-    std::swap(sending_, queue_);
-    bufs_.clear();
-    for (const auto& r : sending_) {
-      bufs_.push_back(boost::asio::buffer(r.head.data(), r.head_len));
-      if (!r.body.empty()) bufs_.push_back(boost::asio::buffer(r.body.data(), r.body.size()));
-    }
-    if (auto ec = co_await conn_.write_all(bufs_)) {
-      spdlog::info("{}: send failed ({}), closing", peer(), ec.message());
-      broken_ = true;
-      conn_.close();
-    }
-    for (auto& r : sending_) {
-      release(r.budget);
-      pool_.release(std::move(r.body));
-    }
-    sending_.clear();
+void Session::gather_replies() {
+  std::swap(sending_, queue_);
+  bufs_.clear();
+  for (const auto& r : sending_) {
+    bufs_.push_back(boost::asio::buffer(r.head.data(), r.head_len));
+    if (!r.body.empty()) bufs_.push_back(boost::asio::buffer(r.body.data(), r.body.size()));
   }
+}
+
+void Session::replies_sent() {
+  for (auto& r : sending_) {
+    release(r.budget);
+    pool_.release(std::move(r.body));
+  }
+  sending_.clear();
+}
+
+void Session::send_failed(const error_code& ec) {
+  spdlog::info("{}: send failed ({}), closing", peer(), ec.message());
+  broken_ = true;
+  conn_.close();
+}
+
+void Session::writer_done() {
   for (auto& r : queue_) release(r.budget);
   queue_.clear();
   writing_ = false;
+}
+
+// Drops the first `n` bytes of `bufs`; true when nothing is left.
+static bool drop_sent(std::vector<boost::asio::const_buffer>& bufs, std::size_t n) {
+  auto it = bufs.begin();
+  for (; it != bufs.end() && n >= it->size(); ++it) n -= it->size();
+  bufs.erase(bufs.begin(), it);
+  if (!bufs.empty()) bufs.front() += n;
+  return bufs.empty();
+}
+
+// Usually the socket takes the whole batch at once and no coroutine runs;
+// what it does not take, and everything over TLS, write_replies sends.
+void Session::flush_replies() {
+  if (queue_.empty() || broken_) return writer_done();
+  gather_replies();
+  auto sent = conn_.try_write(bufs_);
+  if (!sent) {
+    send_failed(sent.error());
+  } else if (!drop_sent(bufs_, *sent)) {
+    boost::asio::co_spawn(conn_.socket().get_executor(), write_replies(shared_from_this()),
+                          boost::asio::detached);
+    return;
+  }
+  replies_sent();
+  writer_done();
+}
+
+// Sends bufs_ (what is left of sending_), then the batches queued meanwhile.
+awaitable<void> Session::write_replies(std::shared_ptr<Session>) {
+  for (;;) {
+    if (auto ec = co_await conn_.write_all(bufs_)) send_failed(ec);
+    replies_sent();
+    if (queue_.empty() || broken_) break;
+    gather_replies();
+  }
+  writer_done();
 }
 
 }  // namespace qnbd::server

@@ -113,8 +113,16 @@ class Session : public std::enable_shared_from_this<Session> {
   void read_reply_head(Reply& out, const nbd::Request& req) const;
   Reply error_reply(const nbd::Request& req, std::uint32_t error) const;
 
+  // Queues a reply; the replies queued in one loop turn go out together.
   void send(Reply r);
+  void flush_replies();
   boost::asio::awaitable<void> write_replies(std::shared_ptr<Session> self);
+  // Moves queue_ to sending_ and its bytes to bufs_.
+  void gather_replies();
+  // sending_ is sent (or never will be): its requests leave the counts.
+  void replies_sent();
+  void send_failed(const error_code& ec);
+  void writer_done();
   boost::asio::awaitable<void> wait_until(auto pred);
   void release(std::size_t budget);
 
@@ -132,6 +140,10 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<Reply> sending_;
   std::vector<boost::asio::const_buffer> bufs_;
   std::vector<std::unique_ptr<FastOp>> fast_free_;
+  // Calls flush_replies() once the ring's completions at hand have all run.
+  struct FlushHook : io::Completion {
+    Session* session = nullptr;
+  } flush_hook_;
   bool writing_ = false;
   bool broken_ = false;
   metrics::ThreadCounters* stats_ = nullptr;  // this thread's, set by run()

@@ -1,0 +1,61 @@
+// io::Ring's delivery of completions: work deferred with after_completions
+// runs once every completion at hand has run (the session's one send for
+// the replies of a whole batch relies on it).
+#include "io/uring.h"
+
+#include <boost/asio/io_context.hpp>
+#include <doctest/doctest.h>
+
+#include <vector>
+
+namespace {
+
+using qnbd::io::Completion;
+using qnbd::io::Ring;
+
+struct Nop : Completion {
+  std::vector<int>* log = nullptr;
+  Completion* deferred = nullptr;
+  int id = 0;
+};
+
+struct Deferred : Completion {
+  std::vector<int>* log = nullptr;
+  int calls = 0;
+};
+
+TEST_CASE("io::Ring: after_completions runs deferred work after the batch it was asked in") {
+  boost::asio::io_context ctx;
+  Ring ring(ctx);
+  REQUIRE(ring.available());
+  std::vector<int> log;
+  Deferred after;
+  after.log = &log;
+  after.complete = [](Completion* c, int res) {
+    auto* d = static_cast<Deferred*>(c);
+    CHECK(res == 0);
+    ++d->calls;
+    d->log->push_back(-1);
+  };
+  CHECK_FALSE(Ring::after_completions(&after));  // no completions being delivered here
+  // Three NOPs submitted together complete together; the first one defers.
+  std::vector<Nop> nops(3);
+  for (int i = 0; i < 3; ++i) {
+    nops[i].log = &log;
+    nops[i].id = i;
+    nops[i].deferred = i == 0 ? &after : nullptr;
+    nops[i].complete = [](Completion* c, int) {
+      auto* n = static_cast<Nop*>(c);
+      n->log->push_back(n->id);
+      if (n->deferred) CHECK(Ring::after_completions(n->deferred));
+    };
+    ring.submit(&nops[i], [](io_uring_sqe* sqe) { io_uring_prep_nop(sqe); });
+  }
+  while (log.size() < 4 && ctx.run_one() > 0) {
+  }
+  CHECK(log == std::vector<int>{0, 1, 2, -1});
+  CHECK(after.calls == 1);
+  CHECK_FALSE(Ring::after_completions(&after));  // the batch is over
+}
+
+}  // namespace
