@@ -2,6 +2,7 @@
 // common/wait_queue.h, and a join of several tasks run in parallel.
 #pragma once
 
+#include "common/frame_pool.h"
 #include "common/task.h"
 #include "common/wait_queue.h"
 
@@ -28,7 +29,9 @@ inline task<> run_parallel(Tasks tasks) {
     error_code error;
     WaitQueue done;
   };
-  auto st = std::make_shared<State>();
+  // Shared with the tasks' handlers, which may outlive this frame (an event
+  // loop destroyed meanwhile); from the frame pool, not malloc.
+  auto st = std::allocate_shared<State>(frame_pool::Allocator<State>{});
   st->left = tasks.size();
   auto ex = co_await boost::asio::this_coro::executor;
   for (auto& t : tasks) {
