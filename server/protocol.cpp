@@ -2,27 +2,43 @@
 
 #include "backend/block_backend.h"
 
+#include <bit>
 #include <cerrno>
+#include <cstring>
 
 namespace qnbd::nbd {
 
-void put16(std::byte* p, std::uint16_t v) {
-  p[0] = std::byte(v >> 8);
-  p[1] = std::byte(v);
+// Network byte order through one load or store each (GCC does not merge the
+// byte-wise form everywhere; these run for every request and reply).
+namespace {
+template <class T>
+T to_big(T v) {
+  if constexpr (std::endian::native == std::endian::little) {
+    if constexpr (sizeof(T) == 2) return T(__builtin_bswap16(v));
+    if constexpr (sizeof(T) == 4) return T(__builtin_bswap32(v));
+    if constexpr (sizeof(T) == 8) return T(__builtin_bswap64(v));
+  }
+  return v;
 }
-void put32(std::byte* p, std::uint32_t v) {
-  put16(p, std::uint16_t(v >> 16));
-  put16(p + 2, std::uint16_t(v));
+template <class T>
+void put_big(std::byte* p, T v) {
+  v = to_big(v);
+  std::memcpy(p, &v, sizeof v);
 }
-void put64(std::byte* p, std::uint64_t v) {
-  put32(p, std::uint32_t(v >> 32));
-  put32(p + 4, std::uint32_t(v));
+template <class T>
+T get_big(const std::byte* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return to_big(v);
 }
-std::uint16_t get16(const std::byte* p) {
-  return std::uint16_t((std::to_integer<unsigned>(p[0]) << 8) | std::to_integer<unsigned>(p[1]));
-}
-std::uint32_t get32(const std::byte* p) { return (std::uint32_t(get16(p)) << 16) | get16(p + 2); }
-std::uint64_t get64(const std::byte* p) { return (std::uint64_t(get32(p)) << 32) | get32(p + 4); }
+}  // namespace
+
+void put16(std::byte* p, std::uint16_t v) { put_big(p, v); }
+void put32(std::byte* p, std::uint32_t v) { put_big(p, v); }
+void put64(std::byte* p, std::uint64_t v) { put_big(p, v); }
+std::uint16_t get16(const std::byte* p) { return get_big<std::uint16_t>(p); }
+std::uint32_t get32(const std::byte* p) { return get_big<std::uint32_t>(p); }
+std::uint64_t get64(const std::byte* p) { return get_big<std::uint64_t>(p); }
 
 std::optional<Request> decode_request(std::span<const std::byte, kRequestSize> in) {
   if (get32(in.data()) != NBD_REQUEST_MAGIC) return std::nullopt;
