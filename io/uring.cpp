@@ -41,6 +41,10 @@ Ring::Ring(boost::asio::io_context& ctx, unsigned entries) : ctx_(ctx) {
     return;
   }
   watcher_ = std::make_unique<boost::asio::posix::stream_descriptor>(ctx_, efd_);
+  submit_hook_.ring = this;
+  submit_hook_.complete = [](Completion* c, int) {
+    static_cast<SubmitHook*>(c)->ring->submit_now();
+  };
   ok_ = true;
   arm();
 }
@@ -60,15 +64,6 @@ io_uring_sqe* Ring::get_sqe() {
   return sqe;
 }
 
-void Ring::schedule_submit() {
-  if (submit_pending_) return;
-  submit_pending_ = true;
-  boost::asio::post(ctx_, [this] {
-    submit_pending_ = false;
-    io_uring_submit(&ring_);
-  });
-}
-
 void Ring::arm() {
   watcher_->async_wait(boost::asio::posix::stream_descriptor::wait_read,
                        [this](const boost::system::error_code& ec) {
@@ -83,7 +78,36 @@ void Ring::arm() {
 namespace {
 // The ring whose reap() runs on this thread, if any.
 thread_local Ring* reaping = nullptr;
+// The outermost Batch alive on this thread, if any.
+thread_local Ring::Batch* batching = nullptr;
 }  // namespace
+
+Ring::Batch::Batch() : outermost_(batching == nullptr) {
+  if (outermost_) batching = this;
+}
+
+Ring::Batch::~Batch() {
+  if (!outermost_) return;
+  batching = nullptr;
+  if (ring_) ring_->submit_now();
+}
+
+void Ring::schedule_submit() {
+  if (submit_pending_) return;
+  submit_pending_ = true;
+  if (reaping == this) {
+    after_.push_back(&submit_hook_);
+  } else if (batching && !batching->ring_) {
+    batching->ring_ = this;
+  } else {
+    boost::asio::post(ctx_, [this] { submit_now(); });
+  }
+}
+
+void Ring::submit_now() {
+  submit_pending_ = false;
+  io_uring_submit(&ring_);
+}
 
 bool Ring::after_completions(Completion* c) {
   if (!reaping) return false;

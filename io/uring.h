@@ -1,7 +1,8 @@
 // One io_uring per event loop, driven by the Asio io_context: operations are
-// prepared as they are requested and submitted together once per loop turn
-// (one io_uring_enter for many requests); completions arrive through an
-// eventfd the io_context watches.
+// prepared as they are requested and submitted together (one io_uring_enter
+// for many requests): at the end of the Batch or of the delivery of
+// completions they were queued in, else once per loop turn (a post);
+// completions arrive through an eventfd the io_context watches.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
@@ -65,6 +66,24 @@ class Ring {
   // alive until called.
   static bool after_completions(Completion* c);
 
+  // While a Batch lives on this thread, a ring's submissions wait for its
+  // end (one io_uring_enter for, say, every request taken from one receive)
+  // instead of a posted submit, which costs a handler and, when the loop is
+  // idle, an epoll_wait. Nested batches join the outermost. Never keep one
+  // across a suspension: other work of the thread would wait for it.
+  class Batch {
+   public:
+    Batch();
+    ~Batch();
+    Batch(const Batch&) = delete;
+    Batch& operator=(const Batch&) = delete;
+
+   private:
+    friend class Ring;
+    bool outermost_;
+    Ring* ring_ = nullptr;  // the ring whose submission waits (one per thread)
+  };
+
   // Runs one operation; `prep` fills the SQE. Completes with the CQE result
   // (negative errno on failure).
   template <class Prep>
@@ -98,6 +117,7 @@ class Ring {
   // A free SQE, flushing the queue once if it is full; null if still none.
   io_uring_sqe* get_sqe();
   void schedule_submit();
+  void submit_now();
   void arm();
   void reap();
 
@@ -108,6 +128,9 @@ class Ring {
   int efd_ = -1;
   std::unique_ptr<boost::asio::posix::stream_descriptor> watcher_;
   std::vector<Completion*> after_;  // for after_completions, kept for its capacity
+  struct SubmitHook : Completion {
+    Ring* ring = nullptr;
+  } submit_hook_;  // submits at the end of a reap
 };
 
 }  // namespace qnbd::io

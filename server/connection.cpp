@@ -17,7 +17,10 @@
 namespace qnbd::server {
 namespace {
 
-constexpr std::size_t kReceiveBuffer = 256 << 10;
+constexpr std::size_t kReceiveBuffer = 2 * Connection::kThroughBuffer;
+// Less room than this behind the unread bytes, and they move to the front
+// before the next receive (rarely: the unread part is at most one request).
+constexpr std::size_t kMinReceive = 16 << 10;
 constexpr auto use_tuple = boost::asio::as_tuple(boost::asio::use_awaitable);
 
 }  // namespace
@@ -25,12 +28,21 @@ constexpr auto use_tuple = boost::asio::as_tuple(boost::asio::use_awaitable);
 Connection::Connection(Socket socket, std::string peer)
     : socket_(std::move(socket)), peer_(std::move(peer)), buf_(kReceiveBuffer) {}
 
-boost::asio::awaitable<std::pair<error_code, std::size_t>> Connection::read_some(
+boost::asio::awaitable<std::tuple<error_code, std::size_t>> Connection::read_some(
     std::span<std::byte> out) {
-  if (tls_) co_return co_await tls_->read_some(socket_, out);
-  auto [ec, n] =
-      co_await socket_.async_read_some(boost::asio::buffer(out.data(), out.size()), use_tuple);
-  co_return std::pair{ec, n};
+  if (tls_) return tls_->read_some(socket_, out);
+  return socket_.async_read_some(boost::asio::buffer(out.data(), out.size()), use_tuple);
+}
+
+boost::asio::awaitable<std::tuple<error_code, std::size_t>> Connection::receive(
+    std::size_t want) {
+  const std::size_t unread = end_ - begin_;
+  if (unread == 0 || buf_.size() - begin_ < want || buf_.size() - end_ < kMinReceive) {
+    std::memmove(buf_.data(), buf_.data() + begin_, unread);
+    begin_ = 0;
+    end_ = unread;
+  }
+  return read_some(std::span(buf_.data() + end_, buf_.size() - end_));
 }
 
 boost::asio::awaitable<error_code> Connection::start_tls(
@@ -45,33 +57,25 @@ boost::asio::awaitable<error_code> Connection::start_tls(
 }
 
 boost::asio::awaitable<error_code> Connection::read_exact(std::span<std::byte> out) {
-  if (out.empty()) co_return error_code{};
-  std::size_t got = std::min(out.size(), end_ - begin_);
-  if (got) std::memcpy(out.data(), buf_.data() + begin_, got);
-  begin_ += got;
-  out = out.subspan(got);
-  if (out.empty()) co_return error_code{};
-  begin_ = end_ = 0;
-  // Large payloads go straight into the caller's buffer; small reads refill
-  // our buffer so that the following requests need no syscall.
-  if (out.size() >= buf_.size() / 2) {
-    while (!out.empty()) {
+  for (;;) {
+    const std::size_t take = std::min(out.size(), end_ - begin_);
+    if (take) std::memcpy(out.data(), buf_.data() + begin_, take);
+    begin_ += take;
+    out = out.subspan(take);
+    if (out.empty()) co_return error_code{};
+    // The buffer is empty now. Large payloads go straight into the caller's
+    // memory; small reads refill the buffer so that what follows them needs
+    // no syscall.
+    if (out.size() > kThroughBuffer) {
       auto [ec, n] = co_await read_some(out);
       if (ec) co_return ec;
       out = out.subspan(n);
+    } else {
+      auto [ec, n] = co_await receive(out.size());
+      if (ec) co_return ec;
+      received(n);
     }
-    co_return error_code{};
   }
-  while (!out.empty()) {
-    auto [ec, n] = co_await read_some(std::span(buf_.data() + end_, buf_.size() - end_));
-    if (ec) co_return ec;
-    end_ += n;
-    std::size_t take = std::min(out.size(), end_ - begin_);
-    std::memcpy(out.data(), buf_.data() + begin_, take);
-    begin_ += take;
-    out = out.subspan(take);
-  }
-  co_return error_code{};
 }
 
 boost::asio::awaitable<error_code> Connection::skip(std::size_t n) {

@@ -20,6 +20,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace qnbd::server {
@@ -28,10 +29,25 @@ using Socket = boost::asio::generic::stream_protocol::socket;
 
 class Connection {
  public:
+  // Reads of up to this many bytes go through the receive buffer (many
+  // small requests from one receive); larger ones go straight into the
+  // caller's memory once the buffered bytes are taken.
+  static constexpr std::size_t kThroughBuffer = 128 << 10;
+
   Connection(Socket socket, std::string peer);
 
   // Fills `out` completely, or returns the error (eof included).
   boost::asio::awaitable<error_code> read_exact(std::span<std::byte> out);
+  // For a loop that parses the buffer itself: the bytes received and not yet
+  // taken, and taking `n` of them.
+  std::span<const std::byte> buffered() const { return {buf_.data() + begin_, end_ - begin_}; }
+  void consume(std::size_t n) { begin_ += n; }
+  // Receives once into the buffer, with room for at least `want` bytes
+  // (<= kThroughBuffer) counting the unread ones, and returns the receive
+  // itself rather than a coroutine around it (one frame less per receive on
+  // the request path): the caller passes the byte count to received().
+  boost::asio::awaitable<std::tuple<error_code, std::size_t>> receive(std::size_t want);
+  void received(std::size_t n) { end_ += n; }
   // Fills `out` from bytes already received, without suspending, if there
   // are enough; else takes nothing and returns false (then use read_exact).
   bool take_buffered(std::span<std::byte> out) {
@@ -68,7 +84,8 @@ class Connection {
 
  private:
   Socket socket_;
-  boost::asio::awaitable<std::pair<error_code, std::size_t>> read_some(std::span<std::byte> out);
+  // One receive into `out`; over a plain socket the operation itself.
+  boost::asio::awaitable<std::tuple<error_code, std::size_t>> read_some(std::span<std::byte> out);
 
   std::string peer_;
   std::unique_ptr<TlsStream> tls_;

@@ -6,7 +6,6 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <spdlog/spdlog.h>
@@ -61,7 +60,6 @@ void Session::release(std::size_t budget) {
 
 awaitable<void> Session::run() {
   auto self = shared_from_this();
-  auto ex = co_await boost::asio::this_coro::executor;
   stats_ = &metrics::process().local(neg_.exp->name);
   stats_->connections_opened.add();
   // Logged from the session's own thread; tests check the spread.
@@ -69,49 +67,81 @@ awaitable<void> Session::run() {
       "{}: serving export '{}' on worker {} (thread {}, {})", peer(), neg_.exp->name, where_.worker,
       ::gettid(),
       where_.owner ? "backend calls run on the export's home worker" : "the export's home worker");
+  std::size_t want = kRequestSize;
   for (;;) {
-    std::array<std::byte, kRequestSize> raw;
-    if (!conn_.take_buffered(raw) && co_await conn_.read_exact(raw)) break;  // gone or stop()
-    auto req = decode_request(raw);
-    if (!req) {
-      spdlog::warn("{}: bad request magic, closing connection", peer());
-      break;
+    Next next;
+    {
+      io::Ring::Batch batch;
+      next = take_requests(want);
     }
-    if (req->type == NBD_CMD_WRITE && req->length > kMaxPayload) {
-      spdlog::warn("{}: write of {} bytes exceeds the maximum payload, closing", peer(),
-                   req->length);
-      break;
-    }
-    if (req->type == NBD_CMD_DISC) break;
-    const std::size_t budget = (req->type == NBD_CMD_WRITE || req->type == NBD_CMD_READ)
-                                   ? std::min<std::size_t>(req->length, kMaxPayload)
-                                   : 0;
-    const auto admitted = [&] {
-      return broken_ || (inflight_ < limits_.max_requests &&
-                         (inflight_bytes_ == 0 || inflight_bytes_ + budget <= limits_.max_bytes));
-    };
-    if (!admitted()) co_await wait_until(admitted);  // no coroutine frame when admitted at once
-    if (broken_) break;
-    ++inflight_;
-    inflight_bytes_ += budget;
-    Buffer payload;
-    if (req->type == NBD_CMD_WRITE) {
-      payload = pool_.acquire(req->length);
-      if (!conn_.take_buffered(payload.span()) && co_await conn_.read_exact(payload.span())) {
+    if (next.kind == Next::stop) break;
+    if (next.kind == Next::receive) {
+      auto [ec, n] = co_await conn_.receive(want);
+      if (ec) break;  // gone or stop()
+      conn_.received(n);
+    } else if (next.kind == Next::admission) {
+      co_await wait_until([&] { return broken_ || admits(next.budget); });
+    } else {
+      if (co_await conn_.read_exact(next.payload.span())) {
         spdlog::info("{}: truncated write payload, closing", peer());
-        release(budget);
+        release(next.budget);
         break;
       }
+      io::Ring::Batch batch;
+      start(next.req, std::move(next.payload), next.budget);
     }
-    const auto started = stats_->start();
-    if (try_fast(*req, payload, budget, started)) continue;
-    boost::asio::co_spawn(ex, handle(self, *req, std::move(payload), budget, started),
-                          boost::asio::detached);
   }
   co_await wait_until([&] { return inflight_ == 0; });
   conn_.close();
   stats_->connections_closed.add();
   spdlog::debug("{}: connection closed", peer());
+}
+
+// One receive point for the header and for a payload that goes through the
+// receive buffer: a request is taken once all of it is there.
+Session::Next Session::take_requests(std::size_t& want) {
+  for (;;) {
+    if (broken_) return {Next::stop};
+    if (conn_.buffered().size() < want) return {Next::receive};
+    auto req = decode_request(conn_.buffered().first<kRequestSize>());
+    if (!req) {
+      spdlog::warn("{}: bad request magic, closing connection", peer());
+      return {Next::stop};
+    }
+    if (req->type == NBD_CMD_WRITE && req->length > kMaxPayload) {
+      spdlog::warn("{}: write of {} bytes exceeds the maximum payload, closing", peer(),
+                   req->length);
+      return {Next::stop};
+    }
+    if (req->type == NBD_CMD_DISC) return {Next::stop};
+    const bool write = req->type == NBD_CMD_WRITE;
+    if (write && kRequestSize + req->length <= Connection::kThroughBuffer) {
+      want = kRequestSize + req->length;
+      if (conn_.buffered().size() < want) return {Next::receive};
+    }
+    want = kRequestSize;
+    const std::size_t budget =
+        (write || req->type == NBD_CMD_READ) ? std::min<std::size_t>(req->length, kMaxPayload) : 0;
+    if (!admits(budget)) return {Next::admission, *req, {}, budget};
+    ++inflight_;
+    inflight_bytes_ += budget;
+    conn_.consume(kRequestSize);
+    Buffer payload;
+    if (write) {
+      payload = pool_.acquire(req->length);
+      if (!conn_.take_buffered(payload.span()))
+        return {Next::rest_of_payload, *req, std::move(payload), budget};
+    }
+    start(*req, std::move(payload), budget);
+  }
+}
+
+void Session::start(const Request& req, Buffer payload, std::size_t budget) {
+  const auto started = stats_->start();
+  if (try_fast(req, payload, budget, started)) return;
+  boost::asio::co_spawn(conn_.socket().get_executor(),
+                        handle(shared_from_this(), req, std::move(payload), budget, started),
+                        boost::asio::detached);
 }
 
 awaitable<void> Session::handle(std::shared_ptr<Session>, Request req, Buffer payload,

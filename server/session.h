@@ -69,6 +69,26 @@ class Session : public std::enable_shared_from_this<Session> {
     std::uint32_t error = 0;  // NBD error code, for the metrics
   };
 
+  // What the receive loop waits for once take_requests() has started every
+  // request the buffer holds.
+  struct Next {
+    enum Kind { receive, admission, rest_of_payload, stop } kind = receive;
+    nbd::Request req{};      // rest_of_payload: the admitted WRITE whose payload is read next
+    Buffer payload{};        // rest_of_payload: where it goes
+    std::size_t budget = 0;  // admission, rest_of_payload
+  };
+  // Starts the requests that are whole in the receive buffer and says what
+  // to wait for; `want` becomes the bytes the next request needs buffered.
+  // A plain function, so that the file I/O of all it starts is submitted
+  // together (io::Ring::Batch).
+  Next take_requests(std::size_t& want);
+  bool admits(std::size_t budget) const {
+    return inflight_ < limits_.max_requests &&
+           (inflight_bytes_ == 0 || inflight_bytes_ + budget <= limits_.max_bytes);
+  }
+  // Starts an admitted request (counted in flight).
+  void start(const nbd::Request& req, Buffer payload, std::size_t budget);
+
   // A READ or WRITE on the fast path (BlockBackend::start_read/start_write):
   // no coroutine, its state in a slot the session reuses.
   struct FastOp : io::Completion {

@@ -174,8 +174,8 @@ std::string TlsStream::failure_detail() const {
   return std::string("client certificate: ") + X509_verify_cert_error_string(v);
 }
 
-awaitable<std::pair<error_code, std::size_t>> TlsStream::read_some(Socket& s,
-                                                                   std::span<std::byte> out) {
+awaitable<std::tuple<error_code, std::size_t>> TlsStream::read_some(Socket& s,
+                                                                    std::span<std::byte> out) {
   SSL* ssl = ssl_.get();
   auto r = co_await drive(
       s, [ssl, out](std::size_t& n) { return SSL_read_ex(ssl, out.data(), out.size(), &n); });
@@ -184,7 +184,7 @@ awaitable<std::pair<error_code, std::size_t>> TlsStream::read_some(Socket& s,
   } else if (auto ec = co_await flush(s)) {  // a read may answer the peer (a key update)
     r = {ec, 0};
   }
-  co_return r;
+  co_return std::tuple{r.first, r.second};
 }
 
 awaitable<error_code> TlsStream::encrypt(Socket& s, const std::byte* p, std::size_t size) {

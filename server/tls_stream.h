@@ -31,6 +31,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -55,8 +56,8 @@ class TlsStream {
   // The server side of the TLS handshake. On failure, failure_detail() says
   // more than the error (certificate verification result).
   boost::asio::awaitable<error_code> accept(Socket& s);
-  boost::asio::awaitable<std::pair<error_code, std::size_t>> read_some(Socket& s,
-                                                                       std::span<std::byte> out);
+  boost::asio::awaitable<std::tuple<error_code, std::size_t>> read_some(Socket& s,
+                                                                        std::span<std::byte> out);
   // Writes everything; small buffers are gathered into full records.
   boost::asio::awaitable<error_code> write(Socket& s,
                                            std::span<const boost::asio::const_buffer> bufs);

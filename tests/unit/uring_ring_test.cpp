@@ -1,6 +1,7 @@
 // io::Ring's delivery of completions: work deferred with after_completions
 // runs once every completion at hand has run (the session's one send for
-// the replies of a whole batch relies on it).
+// the replies of a whole batch relies on it); and when submissions go out:
+// at the end of a Batch or of a reap, without a posted handler.
 #include "io/uring.h"
 
 #include <boost/asio/io_context.hpp>
@@ -56,6 +57,67 @@ TEST_CASE("io::Ring: after_completions runs deferred work after the batch it was
   CHECK(log == std::vector<int>{0, 1, 2, -1});
   CHECK(after.calls == 1);
   CHECK_FALSE(Ring::after_completions(&after));  // the batch is over
+}
+
+// Counts how many handlers the loop runs until `done` holds: a ring whose
+// submission waited for a posted handler needs one more.
+template <class Pred>
+int handlers_until(boost::asio::io_context& ctx, Pred done) {
+  int n = 0;
+  while (!done() && ctx.run_one() > 0) ++n;
+  return n;
+}
+
+// A NOP whose completion submits the next one.
+struct Chained : Nop {
+  Ring* ring = nullptr;
+  Nop* next = nullptr;
+};
+
+void prep_nop(io_uring_sqe* sqe) { io_uring_prep_nop(sqe); }
+
+TEST_CASE("io::Ring: a Batch submits at its end, a reap at its end, otherwise a post") {
+  boost::asio::io_context ctx;
+  Ring ring(ctx);
+  REQUIRE(ring.available());
+  std::vector<int> log;
+  const auto logged = [](Completion* c, int) {
+    auto* n = static_cast<Nop*>(c);
+    n->log->push_back(n->id);
+  };
+  const auto done = [&log](std::size_t n) { return [&log, n] { return log.size() >= n; }; };
+  std::vector<Nop> nops(3);
+  for (int i = 0; i < 3; ++i) {
+    nops[i].log = &log;
+    nops[i].id = i;
+    nops[i].complete = logged;
+  }
+  // Outside a batch and a reap: a posted submit, then the completion.
+  ring.submit(&nops[0], prep_nop);
+  CHECK(handlers_until(ctx, done(1)) == 2);
+  {
+    Ring::Batch outer;
+    Ring::Batch inner;  // joins the outer one
+    ring.submit(&nops[1], prep_nop);
+  }
+  CHECK(handlers_until(ctx, done(2)) == 1);
+  // Submitted while completions are delivered: goes out when they are.
+  Chained first;
+  first.log = &log;
+  first.id = 10;
+  first.ring = &ring;
+  first.next = &nops[2];
+  first.complete = [](Completion* c, int) {
+    auto* self = static_cast<Chained*>(c);
+    self->log->push_back(self->id);
+    self->ring->submit(self->next, prep_nop);
+  };
+  {
+    Ring::Batch batch;
+    ring.submit(&first, prep_nop);
+  }
+  CHECK(handlers_until(ctx, done(4)) == 2);
+  CHECK(log == std::vector<int>{0, 1, 10, 2});
 }
 
 }  // namespace
