@@ -30,13 +30,16 @@ task<> BlockBackend::read(std::uint64_t offset, std::span<std::byte> buf) {
   return do_read(offset, buf);
 }
 
-bool BlockBackend::start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c) {
-  return !buf.empty() && range_fits(offset, buf.size(), size()) && do_start_read(offset, buf, c);
+bool BlockBackend::start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c,
+                              io::Ring* away) {
+  return !buf.empty() && range_fits(offset, buf.size(), size()) &&
+         do_start_read(offset, buf, c, away);
 }
 
 bool BlockBackend::start_write(std::uint64_t offset, std::span<const std::byte> buf,
-                               io::Completion* c) {
-  return !buf.empty() && !check_modify(offset, buf.size(), false) && do_start_write(offset, buf, c);
+                               io::Completion* c, io::Ring* away) {
+  return !buf.empty() && !check_modify(offset, buf.size(), false) &&
+         do_start_write(offset, buf, c, away);
 }
 
 task<> BlockBackend::write(std::uint64_t offset, std::span<const std::byte> buf, bool fua) {

@@ -16,6 +16,10 @@
 
 namespace qnbd {
 
+namespace io {
+class Ring;
+}
+
 struct Capabilities {
   bool read_only = false;
   bool flush = true;
@@ -25,6 +29,9 @@ struct Capabilities {
   bool fast_zero = true;
   bool cache = true;
   bool multi_conn = true;  // one shared cache for all connections
+  // The fast path may run on any worker (BlockBackend::start_read's `away`):
+  // it touches nothing of the home worker (a raw file's descriptor).
+  bool fast_io_anywhere = false;
   std::uint32_t min_block = 1;
   std::uint32_t preferred_block = 4096;
 };
@@ -95,8 +102,13 @@ class BlockBackend {
   // buf.size() is redone through read()/write(), which then yields the same
   // bytes and errors as if the fast path had not been tried. False: nothing
   // was started; use read()/write(). Writes here carry no FUA.
-  bool start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c);
-  bool start_write(std::uint64_t offset, std::span<const std::byte> buf, io::Completion* c);
+  // `away`: called from a worker other than the home one, whose ring the
+  // I/O is to run on; only a backend with capabilities().fast_io_anywhere
+  // may start anything then.
+  bool start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c,
+                  io::Ring* away = nullptr);
+  bool start_write(std::uint64_t offset, std::span<const std::byte> buf, io::Completion* c,
+                   io::Ring* away = nullptr);
   // Metadata contexts besides base:allocation ("qemu:dirty-bitmap:NAME"):
   // why `context` cannot be served ("" if it can; checked at start-up), and
   // its runs over [offset, offset+length), clipped to the device, in order.
@@ -123,8 +135,11 @@ class BlockBackend {
   virtual task<std::vector<Extent>> do_block_status(std::uint64_t offset, std::uint64_t length) = 0;
   virtual task<> do_cache(std::uint64_t offset, std::uint64_t length) = 0;
   virtual task<> do_close() = 0;
-  virtual bool do_start_read(std::uint64_t, std::span<std::byte>, io::Completion*) { return false; }
-  virtual bool do_start_write(std::uint64_t, std::span<const std::byte>, io::Completion*) {
+  virtual bool do_start_read(std::uint64_t, std::span<std::byte>, io::Completion*, io::Ring*) {
+    return false;
+  }
+  virtual bool do_start_write(std::uint64_t, std::span<const std::byte>, io::Completion*,
+                              io::Ring*) {
     return false;
   }
 

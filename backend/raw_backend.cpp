@@ -25,6 +25,7 @@ Capabilities RawBackend::capabilities() const {
   // does an unaligned request's read-modify-write itself (io::UringFile's
   // bounce buffer); aligned ones, which clients prefer, go straight through.
   c.min_block = 1;
+  c.fast_io_anywhere = true;
   c.preferred_block = std::max<std::uint32_t>(4096, file_->alignment());
   return c;
 }

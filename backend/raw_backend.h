@@ -30,12 +30,13 @@ class RawBackend final : public BlockBackend {
   task<std::vector<Extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override;
   task<> do_cache(std::uint64_t offset, std::uint64_t length) override;
   task<> do_close() override;
-  bool do_start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c) override {
-    return file_->start_read(offset, buf, c);
+  bool do_start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c,
+                     io::Ring* away) override {
+    return file_->start_read(offset, buf, c, away);
   }
-  bool do_start_write(std::uint64_t offset, std::span<const std::byte> buf,
-                      io::Completion* c) override {
-    return file_->start_write(offset, buf, c);
+  bool do_start_write(std::uint64_t offset, std::span<const std::byte> buf, io::Completion* c,
+                      io::Ring* away) override {
+    return file_->start_write(offset, buf, c, away);
   }
 
  private:

@@ -15,6 +15,8 @@
 
 namespace qnbd::io {
 
+class Ring;
+
 class File {
  public:
   virtual ~File() = default;
@@ -56,8 +58,17 @@ class File {
   // not: unaligned O_DIRECT, no io_uring, memory files). `c` is completed
   // with the byte count (short at end of file) or a negative errno, possibly
   // before this returns; the caller keeps buf and c alive until then.
-  virtual bool start_read(std::uint64_t, std::span<std::byte>, Completion*) { return false; }
-  virtual bool start_write(std::uint64_t, std::span<const std::byte>, Completion*) { return false; }
+  // `away`: another event loop's ring to run the I/O on (a connection served
+  // on another worker), for a file whose descriptor any thread may use;
+  // null: the file's own.
+  virtual bool start_read(std::uint64_t, std::span<std::byte>, Completion*, Ring* away) {
+    (void)away;
+    return false;
+  }
+  virtual bool start_write(std::uint64_t, std::span<const std::byte>, Completion*, Ring* away) {
+    (void)away;
+    return false;
+  }
 
   // Coroutines (not plain wrappers) so the iovec lives in the frame for the
   // whole operation.

@@ -157,9 +157,11 @@ task<> UringFile::writev_at(std::uint64_t offset, std::span<const iovec> iov) {
 // Same choices as rw(): buffered writes and cached buffered reads inline,
 // the rest through the ring; one plain (not vectored) SQE, so no iovec must
 // outlive this call.
-bool UringFile::start_read(std::uint64_t offset, std::span<std::byte> buf, Completion* c) {
+bool UringFile::start_read(std::uint64_t offset, std::span<std::byte> buf, Completion* c,
+                           Ring* away) {
+  Ring& ring = away ? *away : ring_;
   const iovec v{buf.data(), buf.size()};
-  if (!ring_.available() || buf.empty() || (direct_ && !aligned(offset, {&v, 1}))) return false;
+  if (!ring.available() || buf.empty() || (direct_ && !aligned(offset, {&v, 1}))) return false;
   if (!direct_) {
     const ssize_t r = ::preadv2(fd_, &v, 1, static_cast<off_t>(offset), RWF_NOWAIT);
     if (r == static_cast<ssize_t>(buf.size())) {
@@ -167,22 +169,24 @@ bool UringFile::start_read(std::uint64_t offset, std::span<std::byte> buf, Compl
       return true;
     }
   }
-  ring_.submit(c, [fd = fd_, p = buf.data(), n = static_cast<unsigned>(buf.size()),
-                   offset](io_uring_sqe* sqe) { io_uring_prep_read(sqe, fd, p, n, offset); });
+  ring.submit(c, [fd = fd_, p = buf.data(), n = static_cast<unsigned>(buf.size()),
+                  offset](io_uring_sqe* sqe) { io_uring_prep_read(sqe, fd, p, n, offset); });
   return true;
 }
 
-bool UringFile::start_write(std::uint64_t offset, std::span<const std::byte> buf, Completion* c) {
+bool UringFile::start_write(std::uint64_t offset, std::span<const std::byte> buf, Completion* c,
+                            Ring* away) {
+  Ring& ring = away ? *away : ring_;
   const iovec v{const_cast<std::byte*>(buf.data()), buf.size()};
-  if (read_only_ || !ring_.available() || buf.empty() || (direct_ && !aligned(offset, {&v, 1})))
+  if (read_only_ || !ring.available() || buf.empty() || (direct_ && !aligned(offset, {&v, 1})))
     return false;
   if (!direct_) {
     const ssize_t r = ::pwritev(fd_, &v, 1, static_cast<off_t>(offset));
     c->complete(c, r < 0 ? -errno : static_cast<int>(r));
     return true;
   }
-  ring_.submit(c, [fd = fd_, p = buf.data(), n = static_cast<unsigned>(buf.size()),
-                   offset](io_uring_sqe* sqe) { io_uring_prep_write(sqe, fd, p, n, offset); });
+  ring.submit(c, [fd = fd_, p = buf.data(), n = static_cast<unsigned>(buf.size()),
+                  offset](io_uring_sqe* sqe) { io_uring_prep_write(sqe, fd, p, n, offset); });
   return true;
 }
 

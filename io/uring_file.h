@@ -25,8 +25,10 @@ class UringFile final : public File {
 
   task<> readv_at(std::uint64_t offset, std::span<const iovec> iov) override;
   task<> writev_at(std::uint64_t offset, std::span<const iovec> iov) override;
-  bool start_read(std::uint64_t offset, std::span<std::byte> buf, Completion* c) override;
-  bool start_write(std::uint64_t offset, std::span<const std::byte> buf, Completion* c) override;
+  bool start_read(std::uint64_t offset, std::span<std::byte> buf, Completion* c,
+                  Ring* away) override;
+  bool start_write(std::uint64_t offset, std::span<const std::byte> buf, Completion* c,
+                   Ring* away) override;
   task<> sync() override;
   task<> sync_blocking() override;
   task<> punch_hole(std::uint64_t offset, std::uint64_t length) override;

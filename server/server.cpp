@@ -200,6 +200,7 @@ awaitable<void> Server::serve(Socket s, std::string address) {
       SessionPlacement where;
       where.worker = w;
       if (w != home) where.owner = e.home->get_executor();
+      if (w < workers_.size()) where.ring = &workers_.ring(w);
       auto session = std::make_shared<Session>(std::move(conn), *neg, SessionLimits{}, where);
       sessions_.insert(session);
       ++e.connections;

@@ -63,10 +63,12 @@ awaitable<void> Session::run() {
   stats_ = &metrics::process().local(neg_.exp->name);
   stats_->connections_opened.add();
   // Logged from the session's own thread; tests check the spread.
-  spdlog::debug(
-      "{}: serving export '{}' on worker {} (thread {}, {})", peer(), neg_.exp->name, where_.worker,
-      ::gettid(),
-      where_.owner ? "backend calls run on the export's home worker" : "the export's home worker");
+  spdlog::debug("{}: serving export '{}' on worker {} (thread {}, {})", peer(), neg_.exp->name,
+                where_.worker, ::gettid(),
+                !where_.owner                          ? "the export's home worker"
+                : neg_.exp->caps.fast_io_anywhere && where_.ring
+                    ? "reads and writes on this worker, other calls on the export's home worker"
+                    : "backend calls run on the export's home worker");
   std::size_t want = kRequestSize;
   for (;;) {
     Next next;

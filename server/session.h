@@ -46,6 +46,9 @@ struct SessionPlacement {
   // worker; empty when it runs on the home worker and calls the backend
   // directly.
   std::optional<boost::asio::any_io_executor> owner;
+  // The serving worker's ring, for the fast path of a backend that allows it
+  // on any worker (Capabilities::fast_io_anywhere) when `owner` is set.
+  io::Ring* ring = nullptr;
 };
 
 class Session : public std::enable_shared_from_this<Session> {

@@ -5,8 +5,9 @@
 // session reuses. Everything else, and any fast I/O that does not transfer
 // every byte (an error, end of file), takes the general path (handle()),
 // which then gives the same bytes, errors and logs as if the fast path had
-// not been tried. Only on the export's home worker: elsewhere the backend
-// must be reached through on_home().
+// not been tried. On another worker than the export's home one only for a
+// backend that allows it (a raw file: the I/O then runs on this worker's
+// ring); otherwise the backend is reached through on_home().
 #include "server/session.h"
 
 #include <boost/asio/co_spawn.hpp>
@@ -18,7 +19,12 @@ using namespace nbd;
 
 bool Session::try_fast(const Request& req, Buffer& payload, std::size_t budget,
                        metrics::ThreadCounters::Clock::time_point started) {
-  if (where_.owner || req.length == 0) return false;
+  if (req.length == 0) return false;
+  io::Ring* away = nullptr;  // on the home worker: the backend's own ring
+  if (where_.owner) {
+    if (!where_.ring || !neg_.exp->caps.fast_io_anywhere) return false;
+    away = where_.ring;
+  }
   const bool read = req.type == NBD_CMD_READ;
   if (read) {
     if (lim_.structured && !(req.flags & NBD_CMD_FLAG_DF) && req.length >= kSparseReadMin)
@@ -45,10 +51,10 @@ bool Session::try_fast(const Request& req, Buffer& payload, std::size_t budget,
   bool begun;
   if (read) {
     op->buf = pool_.acquire(req.length);
-    begun = be.start_read(req.offset, op->buf.span(), op);
+    begun = be.start_read(req.offset, op->buf.span(), op, away);
   } else {
     op->buf = std::move(payload);
-    begun = be.start_write(req.offset, op->buf.span(), op);
+    begun = be.start_write(req.offset, op->buf.span(), op, away);
   }
   if (begun) return true;  // op may already be back in fast_free_
   if (read)

@@ -17,9 +17,15 @@
 //   operation on the home worker (co_spawn onto its executor) and resumes on
 //   its own worker with the result. The operation only borrows spans of the
 //   session's buffers, which stay alive because the session awaits it.
+//   Except for a backend whose fast path touches nothing of its home worker
+//   (Capabilities::fast_io_anywhere: a raw file, whose descriptor any thread
+//   may use): a remote session starts its fast reads and writes on its own
+//   worker's Ring, without the hop.
 // - Because every backend operation of every connection runs on the home
 //   worker, a FLUSH from any connection covers all writes completed before
-//   it, whichever connection sent them (the NBD multi-conn contract).
+//   it, whichever connection sent them (the NBD multi-conn contract). For a
+//   raw file written from several rings, the fdatasync of the FLUSH covers
+//   every write to the file completed before it, whichever thread did it.
 #pragma once
 
 #include "io/uring.h"

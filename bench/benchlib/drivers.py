@@ -18,6 +18,8 @@ def fio_args(w, uri, runtime, number_ios=None):
         args += [f"--runtime={runtime}"]  # a cap: a fast target may finish the device
     if w.fsync:
         args.append("--fsync=1")
+    if w.jobs > 1:
+        args += [f"--numjobs={w.jobs}", "--group_reporting"]
     return args
 
 

@@ -33,6 +33,7 @@ class Workload:
     goal: float = 0.0    # issue 5 target: qnbd / best qemu-nbd (0: none)
     goal_rows: str = ""  # which qnbd rows the goal applies to ("lazy": dirty-bit rows)
     default: bool = True  # part of "all" (the others only when named, to bound run time)
+    jobs: int = 1        # fio numjobs: one NBD connection each (multi-conn), QD per job
 
     @property
     def writes(self):
@@ -75,6 +76,10 @@ WORKLOADS = (
              goal=1.0),
     Workload("h-w32", "raw: 4k random write QD32", "raw", "randwrite", "4k", 32, "raw",
              goal=1.0),
+    Workload("h-mc", "raw: 4k random read, 2 connections x QD16", "raw", "randread", "4k", 16,
+             "raw", jobs=2, default=False),
+    Workload("h-mc-w", "raw: 4k random write, 2 connections x QD16", "raw", "randwrite", "4k",
+             16, "raw", jobs=2, default=False),
 )
 
 

@@ -73,7 +73,7 @@ bool Image::start_read(std::uint64_t offset, std::span<std::byte> buf, io::Compl
   if (!host) return false;
   FastHold* h = take_hold(c);
   h->epoch.emplace(read_epochs_.enter());
-  if (file_->start_read(*host, buf, h)) return true;
+  if (file_->start_read(*host, buf, h, nullptr)) return true;
   give_back(h);
   return false;
 }
@@ -94,7 +94,7 @@ bool Image::start_write(std::uint64_t offset, std::span<const std::byte> buf, io
   bitmaps_.record(offset, buf.size());
   FastHold* h = take_hold(c);
   h->claim.emplace(std::move(*claim));
-  if (file_->start_write(host + g_.offset_in_cluster(offset), buf, h)) return true;
+  if (file_->start_write(host + g_.offset_in_cluster(offset), buf, h, nullptr)) return true;
   give_back(h);
   return false;
 }
