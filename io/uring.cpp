@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <boost/asio/detail/descriptor_read_op.hpp>
 #include <boost/asio/post.hpp>
 
 #include <sys/eventfd.h>
@@ -10,6 +11,35 @@
 
 #include <cstring>
 #include <stdexcept>
+
+// Asio 1.81 counts a descriptor as drained (and waits for the next edge of
+// its edge-triggered registration before reading again) only after a read of
+// 0 bytes; until then each new read first tries one that fails with EAGAIN.
+// For an eventfd a short read does drain it: a read takes the whole counter
+// and every later signal raises a new EPOLLIN (no end of file can wait
+// behind the data, as on a socket or pipe). Specialized for the counter read
+// of Ring::arm alone, through a buffer sequence type of its own.
+namespace qnbd::io {
+struct CounterRead {
+  std::array<boost::asio::mutable_buffer, 1> bufs;
+  const boost::asio::mutable_buffer* begin() const { return bufs.data(); }
+  const boost::asio::mutable_buffer* end() const { return bufs.data() + 1; }
+};
+}  // namespace qnbd::io
+
+#if !defined(BOOST_ASIO_HAS_IO_URING_AS_DEFAULT)
+namespace boost::asio::detail {
+template <>
+reactor_op::status descriptor_read_op_base<qnbd::io::CounterRead>::do_perform(reactor_op* base) {
+  auto* o = static_cast<descriptor_read_op_base*>(base);
+  const mutable_buffer& b = o->buffers_.bufs[0];
+  if (!descriptor_ops::non_blocking_read1(o->descriptor_, b.data(), b.size(), o->ec_,
+                                          o->bytes_transferred_))
+    return not_done;
+  return !o->ec_ && o->bytes_transferred_ < b.size() ? done_and_exhausted : done;
+}
+}  // namespace boost::asio::detail
+#endif
 
 namespace qnbd::io {
 
@@ -64,15 +94,18 @@ io_uring_sqe* Ring::get_sqe() {
   return sqe;
 }
 
+// Waits for completions by reading the eventfd's counter into twice its
+// size: the read is always short, which the specialization above counts as
+// draining the eventfd, so the next wait costs no syscall until the next
+// EPOLLIN (async_wait re-armed with an epoll_ctl each time, and the counter
+// still had to be read).
 void Ring::arm() {
-  watcher_->async_wait(boost::asio::posix::stream_descriptor::wait_read,
-                       [this](const boost::system::error_code& ec) {
-                         if (ec) return;  // ring is being destroyed
-                         std::uint64_t n;
-                         [[maybe_unused]] auto r = ::read(efd_, &n, sizeof n);
-                         reap();
-                         arm();
-                       });
+  watcher_->async_read_some(CounterRead{{boost::asio::buffer(efd_counter_)}},
+                            [this](const boost::system::error_code& ec, std::size_t) {
+                              if (ec) return;  // ring is being destroyed
+                              reap();
+                              arm();
+                            });
 }
 
 namespace {

@@ -17,7 +17,9 @@
 
 #include <liburing.h>
 
+#include <array>
 #include <cerrno>
+#include <cstdint>
 
 #include <memory>
 #include <utility>
@@ -126,6 +128,7 @@ class Ring {
   bool ok_ = false;
   bool submit_pending_ = false;
   int efd_ = -1;
+  std::array<std::uint64_t, 2> efd_counter_{};  // read by arm(); twice the counter
   std::unique_ptr<boost::asio::posix::stream_descriptor> watcher_;
   std::vector<Completion*> after_;  // for after_completions, kept for its capacity
   struct SubmitHook : Completion {
