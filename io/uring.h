@@ -42,6 +42,8 @@ class Ring {
 
   // False when the kernel refused io_uring; callers then use plain syscalls.
   bool available() const { return ok_; }
+  // Operations queued and not yet submitted to the kernel.
+  unsigned unsubmitted() const { return ok_ ? io_uring_sq_ready(&ring_) : 0; }
 
   // An operation in flight, completed with the CQE result.
   using Completion = io::Completion;

@@ -59,13 +59,11 @@ TEST_CASE("io::Ring: after_completions runs deferred work after the batch it was
   CHECK_FALSE(Ring::after_completions(&after));  // the batch is over
 }
 
-// Counts how many handlers the loop runs until `done` holds: a ring whose
-// submission waited for a posted handler needs one more.
+// Runs handlers until `done` holds.
 template <class Pred>
-int handlers_until(boost::asio::io_context& ctx, Pred done) {
-  int n = 0;
-  while (!done() && ctx.run_one() > 0) ++n;
-  return n;
+void run_until(boost::asio::io_context& ctx, Pred done) {
+  while (!done() && ctx.run_one() > 0) {
+  }
 }
 
 // A NOP whose completion submits the next one.
@@ -92,16 +90,21 @@ TEST_CASE("io::Ring: a Batch submits at its end, a reap at its end, otherwise a 
     nops[i].id = i;
     nops[i].complete = logged;
   }
-  // Outside a batch and a reap: a posted submit, then the completion.
+  // Outside a batch and a reap: a posted handler submits.
   ring.submit(&nops[0], prep_nop);
-  CHECK(handlers_until(ctx, done(1)) == 2);
+  CHECK(ring.unsubmitted() == 1);
+  run_until(ctx, [&] { return ring.unsubmitted() == 0; });
+  run_until(ctx, done(1));
   {
     Ring::Batch outer;
     Ring::Batch inner;  // joins the outer one
     ring.submit(&nops[1], prep_nop);
+    CHECK(ring.unsubmitted() == 1);
   }
-  CHECK(handlers_until(ctx, done(2)) == 1);
-  // Submitted while completions are delivered: goes out when they are.
+  CHECK(ring.unsubmitted() == 0);  // at the batch's end, before any handler runs
+  run_until(ctx, done(2));
+  // Submitted while completions are delivered: goes out once they are, by
+  // the same handler.
   Chained first;
   first.log = &log;
   first.id = 10;
@@ -116,7 +119,9 @@ TEST_CASE("io::Ring: a Batch submits at its end, a reap at its end, otherwise a 
     Ring::Batch batch;
     ring.submit(&first, prep_nop);
   }
-  CHECK(handlers_until(ctx, done(4)) == 2);
+  run_until(ctx, done(3));
+  CHECK(ring.unsubmitted() == 0);
+  run_until(ctx, done(4));
   CHECK(log == std::vector<int>{0, 1, 10, 2});
 }
 
