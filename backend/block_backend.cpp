@@ -1,6 +1,7 @@
 #include "backend/block_backend.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
 
 namespace qnbd {
@@ -32,12 +33,14 @@ task<> BlockBackend::read(std::uint64_t offset, std::span<std::byte> buf) {
 
 bool BlockBackend::start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c,
                               io::Ring* away) {
+  assert(!away || capabilities().fast_io_anywhere);
   return !buf.empty() && range_fits(offset, buf.size(), size()) &&
          do_start_read(offset, buf, c, away);
 }
 
 bool BlockBackend::start_write(std::uint64_t offset, std::span<const std::byte> buf,
                                io::Completion* c, io::Ring* away) {
+  assert(!away || capabilities().fast_io_anywhere);
   return !buf.empty() && !check_modify(offset, buf.size(), false) &&
          do_start_write(offset, buf, c, away);
 }

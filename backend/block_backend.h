@@ -103,8 +103,8 @@ class BlockBackend {
   // bytes and errors as if the fast path had not been tried. False: nothing
   // was started; use read()/write(). Writes here carry no FUA.
   // `away`: called from a worker other than the home one, whose ring the
-  // I/O is to run on; only a backend with capabilities().fast_io_anywhere
-  // may start anything then.
+  // I/O is to run on; callers pass it only to a backend with
+  // capabilities().fast_io_anywhere (the session checks the export's).
   bool start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c,
                   io::Ring* away = nullptr);
   bool start_write(std::uint64_t offset, std::span<const std::byte> buf, io::Completion* c,

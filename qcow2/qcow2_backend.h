@@ -39,14 +39,15 @@ class Qcow2Backend final : public BlockBackend {
   task<std::vector<Extent>> do_block_status(std::uint64_t offset, std::uint64_t length) override;
   task<> do_cache(std::uint64_t offset, std::uint64_t length) override;
   task<> do_close() override;
-  // The engine's caches live on the home worker: never from another one.
+  // Never `away`: the engine's caches live on the home worker, so
+  // capabilities() does not offer fast_io_anywhere.
   bool do_start_read(std::uint64_t offset, std::span<std::byte> buf, io::Completion* c,
-                     io::Ring* away) override {
-    return !away && image_->start_read(offset, buf, c);
+                     io::Ring*) override {
+    return image_->start_read(offset, buf, c);
   }
   bool do_start_write(std::uint64_t offset, std::span<const std::byte> buf, io::Completion* c,
-                      io::Ring* away) override {
-    return !away && image_->start_write(offset, buf, c);
+                      io::Ring*) override {
+    return image_->start_write(offset, buf, c);
   }
 
  private:
